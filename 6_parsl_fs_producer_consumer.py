@@ -1,0 +1,96 @@
+"""Producer-consumer workflow with Parsl, data shared through the (parallel) file system.
+
+Each simulation task writes its pairs to one .npy file named after its index, inside a
+directory that belongs to this run; each trainer task reads every file, checks what it
+read, and trains one epoch. Only file names travel through Parsl.
+
+    python 6_parsl_fs_producer_consumer.py --num_sims 32 --grid_size 512 --data_dir /eagle/...
+"""
+import os
+import shutil
+import socket
+import sys
+import time
+
+import numpy as np
+from parsl.app.app import python_app
+
+import common
+import parsl_config
+
+TRANSPORT = "parsl+filesystem"
+
+
+@python_app(executors=[parsl_config.SIMULATORS])
+def simulation(index, period, grid_size, compute_time, run_dir):
+    """Simulate, then write the pairs to a file; only the write is timed as IO."""
+    import os, time  # apps run in worker processes: they import what they use
+    import numpy as np
+    import common
+    sim = common.simulate(index, period, grid_size, compute_time)
+    path = os.path.join(run_dir, f"sim_{index:06d}.npy")
+    start = time.perf_counter()
+    np.save(path, sim.pairs)    # returns once the bytes are in the OS (or Lustre client) cache
+    return sim.report(io_s=time.perf_counter() - start, location=path)
+
+
+@python_app(executors=[parsl_config.TRAINERS])
+def trainer(rank, kernel_size, manifest, grid_size, num_trainers, cpu_threads):
+    """Read every simulation's file (timed as IO), check it, then train one epoch."""
+    import time
+    import numpy as np
+    import common
+    data = common.TrainingData(manifest, grid_size)
+    io_s = 0.0
+    for sim in common.reading_order(manifest, rank, num_trainers):
+        start = time.perf_counter()
+        pairs = np.load(sim.location)
+        io_s += time.perf_counter() - start
+        data.add(sim.index, pairs)
+    del pairs
+    return common.train(data, rank, kernel_size, io_s, cpu_threads)
+
+
+def main(argv=None) -> int:
+    parser = common.make_parser(__doc__.splitlines()[0])
+    args = common.check_args(parser, parser.parse_args(argv))
+    phases = common.Phases()
+    gpus = common.gpus_per_node()
+    cpus = os.cpu_count() or 1
+    sim_workers = min(args.num_sims, cpus)
+    run_dir = common.make_run_dir(args.data_dir, "fs")
+    common.log(f"{TRANSPORT}: run directory {run_dir}")
+    dfk = None
+    try:
+        workers = {parsl_config.SIMULATORS: sim_workers, parsl_config.TRAINERS: args.num_trainers}
+        config = parsl_config.make_config(run_dir, sim_workers, args.num_trainers, gpus)
+        dfk = parsl_config.start(config, workers)
+        common.log(f"Parsl up: {sim_workers} simulation and {args.num_trainers} trainer workers "
+                   f"warm after {phases.lap('startup'):.2f} s")
+
+        periods = common.wave_periods(args.num_sims)
+        futures = [simulation(i, periods[i], args.grid_size, args.compute_time, run_dir)
+                   for i in range(args.num_sims)]
+        sims = [future.result() for future in futures]
+        common.log(f"{len(sims)} simulations done in {phases.lap('simulation'):.2f} s")
+
+        cpu_threads = 0 if gpus else max(1, cpus // args.num_trainers)
+        futures = [trainer(rank, common.kernel_size_for(rank, args.kernel_sizes), sims,
+                           args.grid_size, args.num_trainers, cpu_threads)
+                   for rank in range(args.num_trainers)]
+        trainers = [future.result() for future in futures]
+        common.log(f"{len(trainers)} trainers done in {phases.lap('training'):.2f} s")
+    finally:
+        if dfk is not None:
+            dfk.cleanup()
+        if not args.keep_data:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    phases.lap("shutdown")
+    record = common.make_record(args, TRANSPORT, sims, trainers, phases,
+                                hosts=[socket.gethostname()], data_dir=os.path.abspath(args.data_dir),
+                                kept_run_dir=run_dir if args.keep_data else None)
+    return common.finish(record, args.results_file)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

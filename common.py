@@ -1,0 +1,527 @@
+"""The science and the bookkeeping shared by every workflow script.
+
+The simulation, the CNN, the trainer, the integrity check, the command line and the
+result record live here once. Nothing in this module imports Parsl or Dragon, so it can
+be tested (and read) on its own; each numbered script adds only its transport's wiring.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import json
+import os
+import platform
+import resource
+import socket
+import sys
+import tempfile
+import time
+import zlib
+from importlib import metadata
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+STEPS = 10                      # time steps per simulation (the spec's loop)
+PERIODS = (40.0, 80.0)          # range of the wave periods swept by the ensemble
+DEFAULT_KERNEL_SIZES = (3, 5, 7, 9)
+CPU_TRAINERS = 2                # default trainer count on a machine without GPUs
+GB = 1e9                        # every "GB" printed is 10^9 bytes
+
+
+# --------------------------------------------------------------------------- simulation
+@dataclasses.dataclass
+class SimData:
+    """One simulation's training pairs, kept together: pairs[k, 0] = u(t_k), pairs[k, 1] = u(t_k+dt)."""
+    index: int
+    period: float
+    pairs: np.ndarray           # (STEPS, 2, N, N) float64, contiguous
+    checksum: int
+    compute_s: float
+
+    def report(self, io_s: float, location: str = "") -> "SimReport":
+        return SimReport(index=self.index, period=self.period, checksum=self.checksum,
+                         nbytes=self.pairs.nbytes, compute_s=self.compute_s, io_s=io_s,
+                         host=socket.gethostname(), peak_rss_bytes=peak_rss_bytes(),
+                         location=location)
+
+
+@dataclasses.dataclass
+class SimReport:
+    """What a simulation task tells the head process (small: no arrays)."""
+    index: int
+    period: float
+    checksum: int
+    nbytes: int
+    compute_s: float
+    io_s: float                 # time to hand the data to the transport (write / put / transfer)
+    host: str
+    peak_rss_bytes: int
+    location: str = ""          # where the data went (file path, DDict key, ...)
+
+
+def wave_periods(num_sims: int) -> np.ndarray:
+    """The parameter sweep: one wave period per simulation."""
+    return np.linspace(*PERIODS, num=num_sims)
+
+
+def pairs_checksum(index: int, pairs: np.ndarray) -> int:
+    """CRC32 of the simulation index and every byte of its pairs (about 4 GB/s)."""
+    return zlib.crc32(memoryview(np.ascontiguousarray(pairs)).cast("B"),
+                      zlib.crc32(index.to_bytes(8, "little")))
+
+
+def simulate(index: int, period: float, grid_size: int, compute_time: float = 0.5) -> SimData:
+    """Advance the 2D circular wave u = sin(2r - w t) / (r + 1) for STEPS steps.
+
+    `compute_time` seconds of sleep per step stand in for a real solver's work.
+    """
+    start = time.perf_counter()
+    axis = np.linspace(0.0, 1.0, num=grid_size) * 4 * np.pi - 2 * np.pi
+    x, y = np.meshgrid(axis, axis)
+    r = np.sqrt(x**2 + y**2)
+    omega = 2 * np.pi / period
+    pairs = np.empty((STEPS, 2, grid_size, grid_size))
+    u = np.sin(2.0 * r) / (r + 1.0)
+    for step in range(STEPS):
+        if compute_time > 0:
+            time.sleep(compute_time)
+        pairs[step, 0] = u
+        u = np.sin(2.0 * r - omega * (step + 1)) / (r + 1.0)
+        pairs[step, 1] = u
+    return SimData(index, float(period), pairs, pairs_checksum(index, pairs),
+                   time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------- integrity
+class IntegrityError(RuntimeError):
+    """The data a trainer received is not exactly what the simulations produced."""
+
+
+class TrainingData:
+    """Collects every simulation's pairs, checks them, and stores them once as float32.
+
+    Each trainer holds ALL the data, so it is kept in one preallocated float32 array
+    (half the float64 bytes that travelled) filled simulation by simulation.
+    """
+
+    def __init__(self, manifest: Sequence[SimReport], grid_size: int):
+        indices = sorted(sim.index for sim in manifest)
+        if len(set(indices)) != len(indices):
+            raise IntegrityError("the manifest names a simulation twice")
+        self.grid_size = grid_size
+        self._slot = {index: slot for slot, index in enumerate(indices)}
+        self._checksum = {sim.index: sim.checksum for sim in manifest}
+        self._received: set[int] = set()
+        self.pairs = np.empty((len(indices) * STEPS, 2, grid_size, grid_size), np.float32)
+        self.bytes_received = 0
+        self.check_s = 0.0      # checking and float32 conversion, kept out of IO time
+
+    def add(self, index: int, pairs: np.ndarray) -> None:
+        start = time.perf_counter()
+        shape = (STEPS, 2, self.grid_size, self.grid_size)
+        if index not in self._slot:
+            raise IntegrityError(f"simulation {index} is not in this run's manifest")
+        if index in self._received:
+            raise IntegrityError(f"simulation {index} arrived twice")
+        if pairs.shape != shape or pairs.dtype != np.float64:
+            raise IntegrityError(f"simulation {index}: got {pairs.dtype}{list(pairs.shape)}, "
+                                 f"expected float64{list(shape)}")
+        if pairs_checksum(index, pairs) != self._checksum[index]:
+            raise IntegrityError(f"simulation {index}: checksum differs from the producer's")
+        if not np.array_equal(pairs[1:, 0], pairs[:-1, 1]):
+            raise IntegrityError(f"simulation {index}: an output is not the next step of its input")
+        slot = self._slot[index] * STEPS
+        np.copyto(self.pairs[slot:slot + STEPS], pairs, casting="same_kind")
+        self._received.add(index)
+        self.bytes_received += pairs.nbytes
+        self.check_s += time.perf_counter() - start
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and outputs as [S, 1, N, N] float32 views (no copy); raises if anything is missing."""
+        missing = sorted(set(self._slot) - self._received)
+        if missing:
+            raise IntegrityError(f"{len(missing)} simulation(s) never arrived, e.g. {missing[:5]}")
+        data = torch.from_numpy(self.pairs)
+        return data[:, 0:1], data[:, 1:2]
+
+
+def reading_order(manifest: Sequence[SimReport], rank: int, num_trainers: int) -> list[SimReport]:
+    """Every trainer reads everything, each starting at a different place (less contention)."""
+    ordered = sorted(manifest, key=lambda sim: sim.index)
+    shift = (rank * len(ordered)) // max(num_trainers, 1)
+    return ordered[shift:] + ordered[:shift]
+
+
+# --------------------------------------------------------------------------- model and trainer
+class SimpleCNN(nn.Module):
+    """Autoregressive CNN: u(t) on an N x N grid -> u(t + dt) on the same grid."""
+
+    def __init__(self, kernel_size: int = 3):
+        super().__init__()
+        # encoder extracts spatial features, decoder maps them back to one channel
+        self.conv1 = nn.Conv2d(1, 8, kernel_size=kernel_size, padding="same")
+        self.conv2 = nn.Conv2d(8, 16, kernel_size=kernel_size, padding="same")
+        self.conv3 = nn.Conv2d(16, 8, kernel_size=kernel_size, padding="same")
+        self.conv4 = nn.Conv2d(8, 1, kernel_size=kernel_size, padding="same")
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.conv1(x))
+        x = self.relu(self.conv2(x))
+        x = self.relu(self.conv3(x))
+        return self.conv4(x)    # linear last layer: the field takes any real value
+
+
+@dataclasses.dataclass
+class TrainReport:
+    """What a trainer task tells the head process."""
+    rank: int
+    kernel_size: int
+    device: str
+    host: str
+    bytes_read: int
+    samples: int
+    io_s: float                 # receiving / reading all the data, nothing else
+    check_s: float              # integrity check and float32 conversion
+    train_s: float              # one epoch
+    loss: float
+    peak_rss_bytes: int
+    gpu: str = ""               # CUDA_VISIBLE_DEVICES as the trainer saw it
+
+
+def pick_device() -> torch.device:
+    """CUDA when the process sees a GPU (the launcher pins one per trainer), else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_epoch(inputs: torch.Tensor, outputs: torch.Tensor, kernel_size: int,
+                device: torch.device | None = None, seed: int = 0) -> tuple[float, int, float]:
+    """One epoch of Adam (lr 1e-3) on the MSE, batches of 4, shuffled. Returns (loss, samples, seconds)."""
+    start = time.perf_counter()
+    device = device or pick_device()
+    torch.manual_seed(seed)
+    model = SimpleCNN(kernel_size=kernel_size).to(device)
+    loss_fn = nn.MSELoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs, outputs),
+                                         batch_size=4, shuffle=True)
+    model.train()
+    loss = torch.zeros(())
+    samples = 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        samples += len(x)
+    final_loss = float(loss.item())     # .item() also waits for the GPU before the clock stops
+    return final_loss, samples, time.perf_counter() - start
+
+
+def train(data: TrainingData, rank: int, kernel_size: int, io_s: float,
+          cpu_threads: int = 0) -> TrainReport:
+    """Check that everything arrived, train one epoch, and report."""
+    device = pick_device()
+    if device.type == "cpu" and cpu_threads > 0:
+        torch.set_num_threads(cpu_threads)   # trainers sharing a CPU must not oversubscribe it
+    inputs, outputs = data.tensors()
+    loss, samples, train_s = train_epoch(inputs, outputs, kernel_size, device, seed=rank)
+    if samples != len(inputs):
+        raise IntegrityError(f"trainer {rank} trained on {samples} of {len(inputs)} samples")
+    return TrainReport(rank=rank, kernel_size=kernel_size, device=str(device),
+                       host=socket.gethostname(), bytes_read=data.bytes_received,
+                       samples=samples, io_s=io_s, check_s=data.check_s, train_s=train_s,
+                       loss=loss, peak_rss_bytes=peak_rss_bytes(),
+                       gpu=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+
+
+def kernel_size_for(rank: int, kernel_sizes: Sequence[int]) -> int:
+    """Trainer `rank` uses the kernel sizes in turn, so the workload does not grow with node count."""
+    return kernel_sizes[rank % len(kernel_sizes)]
+
+
+# --------------------------------------------------------------------------- machine facts
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo, or 0 where there is none (then no check is made)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def pbs_hosts() -> list[str]:
+    """The unique hosts of the PBS allocation, in order; [] outside a PBS job."""
+    nodefile = os.environ.get("PBS_NODEFILE")
+    if not nodefile or not os.path.exists(nodefile):
+        return []
+    with open(nodefile) as f:
+        return list(dict.fromkeys(line.strip() for line in f if line.strip()))
+
+
+def gpus_per_node() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("numpy", "torch", "parsl", "dragonhpc"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+# --------------------------------------------------------------------------- command line
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag costs one line on stderr and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def kernel_list(text: str) -> tuple[int, ...]:
+    sizes = tuple(positive_int(part) for part in text.split(","))
+    if any(size % 2 == 0 for size in sizes):
+        raise argparse.ArgumentTypeError(f"kernel sizes must be odd, got {text}")
+    return sizes
+
+
+def make_parser(description: str) -> OneLineParser:
+    """The command line every workflow script shares."""
+    parser = OneLineParser(description=description,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--num_sims", type=positive_int, default=32,
+                        help="total number of simulations (each produces 10 input/output pairs)")
+    parser.add_argument("--grid_size", type=positive_int, default=512,
+                        help="grid points per side of the N x N simulation grid")
+    parser.add_argument("--num_trainers", type=positive_int, default=None,
+                        help="number of CNN trainers, each reading ALL the data "
+                             f"(default: one per GPU; {CPU_TRAINERS} on a machine without GPUs)")
+    parser.add_argument("--kernel_sizes", type=kernel_list, default=DEFAULT_KERNEL_SIZES,
+                        metavar="K1,K2,...",
+                        help="convolution kernel sizes, given to the trainers in turn")
+    parser.add_argument("--compute_time", type=non_negative_float, default=0.5,
+                        help="emulated compute seconds per simulation step (0 = none)")
+    parser.add_argument("--data_dir", default=".",
+                        help="existing directory under which the run's own data directory is made")
+    parser.add_argument("--keep_data", action="store_true",
+                        help="keep the run's data directory (and engine logs) instead of removing it")
+    parser.add_argument("--results_file", default=os.path.join("results", "results.jsonl"),
+                        help="JSON-lines file the run's result record is appended to")
+    return parser
+
+
+def _nearest_existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
+               num_nodes: int = 1, copies_per_trainer: float = 0.5) -> argparse.Namespace:
+    """Refuse what cannot work, in one line, before any executor, runtime or file exists.
+
+    `copies_per_trainer`: bytes each trainer holds per byte produced (0.5 = the float32 copy).
+    """
+    if args.num_trainers is None:
+        args.num_trainers = gpus_per_node() * num_nodes or CPU_TRAINERS
+    largest_kernel = max(args.kernel_sizes)
+    if args.grid_size < largest_kernel:
+        parser.error(f"argument --grid_size: {args.grid_size} is smaller than the largest "
+                     f"kernel size {largest_kernel}")
+    if not os.path.isdir(args.data_dir):
+        parser.error(f"argument --data_dir: {args.data_dir!r} is not an existing directory")
+    if not os.access(args.data_dir, os.W_OK | os.X_OK):
+        parser.error(f"argument --data_dir: {args.data_dir!r} is not writable")
+    results_dir = _nearest_existing(os.path.dirname(os.path.abspath(args.results_file)))
+    if os.path.isdir(args.results_file) or not os.path.isdir(results_dir) \
+            or not os.access(results_dir, os.W_OK):
+        parser.error(f"argument --results_file: cannot write {args.results_file!r}")
+    if os.path.exists(args.results_file) and not os.access(args.results_file, os.W_OK):
+        parser.error(f"argument --results_file: {args.results_file!r} is not writable")
+    produced = data_bytes(args.num_sims, args.grid_size)
+    trainers_here = -(-args.num_trainers // num_nodes)
+    need = trainers_here * produced * copies_per_trainer
+    available = available_memory_bytes()
+    if available and need > 0.9 * available:
+        parser.error(f"arguments --num_sims/--grid_size/--num_trainers: {trainers_here} trainer(s) "
+                     f"per node would hold {need / GB:.1f} GB but the node has "
+                     f"{available / GB:.1f} GB available")
+    return args
+
+
+def data_bytes(num_sims: int, grid_size: int) -> int:
+    """Bytes produced: inputs and outputs, float64."""
+    return num_sims * STEPS * 2 * grid_size * grid_size * 8
+
+
+# --------------------------------------------------------------------------- timing and records
+class Phases:
+    """Wall-clock seconds of the workflow's phases, measured in the head process."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def lap(self, name: str) -> float:
+        """Close phase `name` (it began where the previous one ended)."""
+        now = time.perf_counter()
+        self.seconds[name] = now - self._start
+        self._start = now
+        return self.seconds[name]
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return float(np.mean(values)) if values else 0.0
+
+
+def _gbps(nbytes: float, seconds: float) -> float | None:
+    return nbytes / seconds / GB if seconds > 0 else None
+
+
+def make_record(args: argparse.Namespace, transport: str, sims: Sequence[SimReport],
+                trainers: Sequence[TrainReport], phases: Phases, hosts: Sequence[str],
+                **extra) -> dict:
+    """The run's result record: what ran, how much moved, how long each part took."""
+    sims = sorted(sims, key=lambda sim: sim.index)
+    trainers = sorted(trainers, key=lambda trainer: trainer.rank)
+    produced = sum(sim.nbytes for sim in sims)
+    expected_samples = len(sims) * STEPS
+    integrity_ok = (len(sims) == args.num_sims and len(trainers) == args.num_trainers
+                    and produced == data_bytes(args.num_sims, args.grid_size)
+                    and all(t.bytes_read == produced and t.samples == expected_samples
+                            for t in trainers))
+    sim_io = [sim.io_s for sim in sims]
+    train_io = [trainer.io_s for trainer in trainers]
+    read_per_trainer = trainers[0].bytes_read if trainers else 0
+    return {
+        "transport": transport,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "num_nodes": len(hosts),
+        "hosts": list(hosts),
+        "num_sims": args.num_sims,
+        "grid_size": args.grid_size,
+        "steps_per_sim": STEPS,
+        "compute_time_s": args.compute_time,
+        "num_trainers": len(trainers),
+        "kernel_sizes": [t.kernel_size for t in trainers],
+        "devices": [t.device + (f" (CUDA_VISIBLE_DEVICES={t.gpu})" if t.gpu else "")
+                    for t in trainers],
+        "trainer_hosts": [t.host for t in trainers],
+        "sim_hosts": sorted({sim.host for sim in sims}),
+        "versions": versions(),
+        "bytes_produced": produced,
+        "bytes_read_per_trainer": read_per_trainer,
+        "startup_s": phases.seconds.get("startup", 0.0),
+        "sim_run_s": phases.seconds.get("simulation", 0.0),
+        "sim_compute_mean_s": _mean(sim.compute_s for sim in sims),
+        "sim_io_mean_s": _mean(sim_io),
+        "sim_io_max_s": max(sim_io, default=0.0),
+        "sim_io_gbps": _gbps(produced, sum(sim_io)),
+        "train_run_s": phases.seconds.get("training", 0.0),
+        "train_io_mean_s": _mean(train_io),
+        "train_io_max_s": max(train_io, default=0.0),
+        "train_io_gbps": _gbps(read_per_trainer, _mean(train_io)),
+        "train_io_aggregate_gbps": _gbps(read_per_trainer * len(trainers), max(train_io, default=0)),
+        "train_check_mean_s": _mean(t.check_s for t in trainers),
+        "train_epoch_mean_s": _mean(t.train_s for t in trainers),
+        "final_losses": [t.loss for t in trainers],
+        "shutdown_s": phases.seconds.get("shutdown", 0.0),
+        "peak_rss_main_bytes": peak_rss_bytes(),
+        "peak_rss_task_max_bytes": max([s.peak_rss_bytes for s in sims]
+                                       + [t.peak_rss_bytes for t in trainers], default=0),
+        "integrity_ok": integrity_ok,
+        **extra,
+    }
+
+
+def append_record(record: dict, path: str) -> None:
+    """Append one JSON line; the lock keeps concurrent runs' lines whole."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write(json.dumps(record) + "\n")
+
+
+def _seconds(run: float, io_mean: float, io_max: float, gbps: float | None) -> str:
+    rate = f", {gbps:.3f} GB/s" if gbps else ""
+    return f"{run:8.2f} s / IO {io_mean:.3f} s mean, {io_max:.3f} s max{rate}"
+
+
+def summary(record: dict) -> str:
+    """A few lines that map onto the homework table's columns."""
+    r = record
+    lines = [
+        f"=== {r['transport']}: {r['num_nodes']} node(s), {r['num_sims']} simulations of "
+        f"{r['grid_size']}x{r['grid_size']}, {r['num_trainers']} trainer(s) "
+        f"(kernels {','.join(map(str, r['kernel_sizes']))}) on {', '.join(sorted(set(r['devices'])))}",
+        f"Training data size      : {r['bytes_produced'] / GB:.3f} GB "
+        f"({r['bytes_produced']:,} bytes of float64 inputs + outputs)",
+        f"Start-up (not a phase)  : {r['startup_s']:8.2f} s",
+        "Simulation run / IO time: " + _seconds(r['sim_run_s'], r['sim_io_mean_s'],
+                                                 r['sim_io_max_s'], r['sim_io_gbps']),
+        "Training run / IO time  : " + _seconds(r['train_run_s'], r['train_io_mean_s'],
+                                                 r['train_io_max_s'], r['train_io_gbps']),
+        f"Peak memory (RSS)       : head {r['peak_rss_main_bytes'] / GB:.2f} GB, "
+        f"largest task {r['peak_rss_task_max_bytes'] / GB:.2f} GB",
+        "Integrity               : " + (
+            f"OK, every trainer got all {r['num_sims'] * STEPS} pairs of all {r['num_sims']} "
+            "simulations exactly once, checksums and pairing verified" if r["integrity_ok"]
+            else "FAILED: the byte or sample counts do not add up"),
+    ]
+    return "\n".join(lines)
+
+
+def finish(record: dict, results_file: str) -> int:
+    """Print the summary, append the record, and give the exit status."""
+    print(summary(record), flush=True)
+    append_record(record, results_file)
+    print(f"Record appended to {results_file}", flush=True)
+    return 0 if record["integrity_ok"] else 1
+
+
+def make_run_dir(base: str, transport: str) -> str:
+    """A fresh directory that belongs to this run alone (removed at the end unless kept)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return tempfile.mkdtemp(prefix=f"pc-{transport}-{stamp}-", dir=base)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stdout, flush=True)
