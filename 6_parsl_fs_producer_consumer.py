@@ -8,7 +8,6 @@ read, and trains one epoch. Only file names travel through Parsl.
 """
 import os
 import shutil
-import socket
 import sys
 import time
 
@@ -55,18 +54,21 @@ def main(argv=None) -> int:
     parser = common.make_parser(__doc__.splitlines()[0])
     args = common.check_args(parser, parser.parse_args(argv))
     phases = common.Phases()
+    hosts = common.node_hosts()
     gpus = common.gpus_per_node()
     cpus = os.cpu_count() or 1
-    sim_workers = min(args.num_sims, cpus)
+    sim_workers = min(-(-args.num_sims // len(hosts)), cpus)       # per node
+    trainer_workers = -(-args.num_trainers // len(hosts))           # per node
     run_dir = common.make_run_dir(args.data_dir, "fs")
     common.log(f"{TRANSPORT}: run directory {run_dir}")
     dfk = None
     try:
-        workers = {parsl_config.SIMULATORS: sim_workers, parsl_config.TRAINERS: args.num_trainers}
-        config = parsl_config.make_config(run_dir, sim_workers, args.num_trainers, gpus)
-        dfk = parsl_config.start(config, workers)
-        common.log(f"Parsl up: {sim_workers} simulation and {args.num_trainers} trainer workers "
-                   f"warm after {phases.lap('startup'):.2f} s")
+        config = parsl_config.make_config(run_dir, sim_workers, trainer_workers, gpus)
+        dfk = parsl_config.start(config, {parsl_config.SIMULATORS: sim_workers * len(hosts),
+                                          parsl_config.TRAINERS: trainer_workers * len(hosts)})
+        common.log(f"Parsl up on {len(hosts)} node(s): {sim_workers} simulation and "
+                   f"{trainer_workers} trainer workers per node, warm after "
+                   f"{phases.lap('startup'):.2f} s")
 
         periods = common.wave_periods(args.num_sims)
         futures = [simulation(i, periods[i], args.grid_size, args.compute_time, run_dir)
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
         sims = [future.result() for future in futures]
         common.log(f"{len(sims)} simulations done in {phases.lap('simulation'):.2f} s")
 
-        cpu_threads = 0 if gpus else max(1, cpus // args.num_trainers)
+        cpu_threads = 0 if gpus else max(1, cpus // trainer_workers)
         futures = [trainer(rank, common.kernel_size_for(rank, args.kernel_sizes), sims,
                            args.grid_size, args.num_trainers, cpu_threads)
                    for rank in range(args.num_trainers)]
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
     phases.lap("shutdown")
     record = common.make_record(args, TRANSPORT, sims, trainers, phases,
-                                hosts=[socket.gethostname()], data_dir=os.path.abspath(args.data_dir),
+                                hosts=hosts, data_dir=os.path.abspath(args.data_dir),
                                 kept_run_dir=run_dir if args.keep_data else None)
     return common.finish(record, args.results_file)
 

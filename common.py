@@ -272,6 +272,11 @@ def pbs_hosts() -> list[str]:
         return list(dict.fromkeys(line.strip() for line in f if line.strip()))
 
 
+def node_hosts() -> list[str]:
+    """Hosts this run may use: the PBS allocation's, or just this machine."""
+    return pbs_hosts() or [socket.gethostname()]
+
+
 def gpus_per_node() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
