@@ -8,7 +8,6 @@ read, and trains one epoch. Only file names travel through Parsl.
 """
 import os
 import shutil
-import sys
 import time
 
 import numpy as np
@@ -26,6 +25,7 @@ def simulation(index, period, grid_size, compute_time, run_dir):
     import os, time  # apps run in worker processes: they import what they use
     import numpy as np
     import common
+    common.maybe_inject_failure("simulation", index)
     sim = common.simulate(index, period, grid_size, compute_time)
     path = os.path.join(run_dir, f"sim_{index:06d}.npy")
     start = time.perf_counter()
@@ -39,6 +39,7 @@ def trainer(rank, kernel_size, manifest, grid_size, num_trainers, cpu_threads):
     import time
     import numpy as np
     import common
+    common.maybe_inject_failure("trainer", rank)
     data = common.TrainingData(manifest, grid_size)
     io_s = 0.0
     for sim in common.reading_order(manifest, rank, num_trainers):
@@ -73,14 +74,14 @@ def main(argv=None) -> int:
         periods = common.wave_periods(args.num_sims)
         futures = [simulation(i, periods[i], args.grid_size, args.compute_time, run_dir)
                    for i in range(args.num_sims)]
-        sims = [future.result() for future in futures]
+        sims = common.results_of(futures, "simulation")
         common.log(f"{len(sims)} simulations done in {phases.lap('simulation'):.2f} s")
 
         cpu_threads = 0 if gpus else max(1, cpus // trainer_workers)
         futures = [trainer(rank, common.kernel_size_for(rank, args.kernel_sizes), sims,
                            args.grid_size, args.num_trainers, cpu_threads)
                    for rank in range(args.num_trainers)]
-        trainers = [future.result() for future in futures]
+        trainers = common.results_of(futures, "trainer")
         common.log(f"{len(trainers)} trainers done in {phases.lap('training'):.2f} s")
     finally:
         if dfk is not None:
@@ -95,4 +96,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    common.run_workflow(main)

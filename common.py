@@ -530,3 +530,49 @@ def make_run_dir(base: str, transport: str) -> str:
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stdout, flush=True)
+
+
+# --------------------------------------------------------------------------- failures
+FAIL_ENV = "PC_INJECT_FAILURE"   # e.g. "simulation:3" or "trainer:1": that task raises (for tests)
+
+
+class TaskFailed(RuntimeError):
+    """A simulation or trainer task raised; the message names it and says why."""
+
+
+def maybe_inject_failure(kind: str, index: int) -> None:
+    """Raise in task `kind` number `index` when $PC_INJECT_FAILURE names it."""
+    if os.environ.get(FAIL_ENV) == f"{kind}:{index}":
+        raise RuntimeError(f"failure injected through {FAIL_ENV}={kind}:{index}")
+
+
+def results_of(futures: Sequence, kind: str) -> list:
+    """Wait for futures; on the first that fails, stop waiting and say which task it was."""
+    from concurrent.futures import FIRST_EXCEPTION, wait
+    wait(futures, return_when=FIRST_EXCEPTION)
+    for number, future in enumerate(futures):
+        if future.done() and future.exception() is not None:
+            error = future.exception()
+            raise TaskFailed(f"{kind} {number} failed: {type(error).__name__}: {error}") from error
+    return [future.result() for future in futures]
+
+
+def run_workflow(main) -> None:
+    """Run a script's main(): SIGTERM behaves like Ctrl-C, so both reach main's cleanup;
+    a failed task or a failed check ends the run with one line on stderr."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, interrupt)
+    prog = os.path.basename(sys.argv[0])
+    try:
+        status = main()
+    except KeyboardInterrupt as why:
+        print(f"{prog}: interrupted ({why or 'SIGINT'}); cleaned up", file=sys.stderr, flush=True)
+        status = 130
+    except (TaskFailed, IntegrityError, TimeoutError, OSError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
+        status = 1
+    sys.exit(status)

@@ -14,13 +14,37 @@ sys.path.insert(0, str(ROOT))
 TINY = ["--grid_size", "16", "--compute_time", "0"]
 
 
-def script_env(**overrides) -> dict:
-    """The environment a user has after sourcing 0_activate_env.sh: the venv's bin/ on PATH."""
+TAG = "PC_TEST_RUN"   # every process a test starts inherits this tag, so leftovers can be found
+
+
+def script_env(tag=None, **overrides) -> dict:
+    """The environment a user has after sourcing 0_activate_env.sh: the venv's bin/ on PATH.
+
+    `tag` (e.g. the test's directory) marks the processes started with this environment.
+    """
     env = dict(os.environ)
+    if tag is not None:
+        env[TAG] = str(tag)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     env.update(overrides)
     return env
+
+
+def leftover_processes(tag) -> list:
+    """Command lines of live processes started with script_env(tag), children included."""
+    needle = f"{TAG}={tag}".encode() + b"\0"
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle not in f.read() + b"\0":
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                found.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
+    return found
 
 
 def run_script(argv, cwd, timeout=600, env=None) -> subprocess.CompletedProcess:
@@ -28,7 +52,7 @@ def run_script(argv, cwd, timeout=600, env=None) -> subprocess.CompletedProcess:
     argv = [str(a) for a in argv]
     if argv[0].endswith(".py"):
         argv = [sys.executable, str(ROOT / argv[0])] + argv[1:]
-    return subprocess.run(argv, cwd=cwd, env=env or script_env(), capture_output=True,
+    return subprocess.run(argv, cwd=cwd, env=env or script_env(cwd), capture_output=True,
                           text=True, timeout=timeout)
 
 
