@@ -351,11 +351,29 @@ def make_parser(description: str) -> OneLineParser:
     return parser
 
 
-def _nearest_existing(path: str) -> str:
+def _can_write_in(directory: str) -> bool:
+    """Try it: permission bits say nothing for root, read-only mounts or Lustre ACLs."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            return True
+    except OSError:
+        return False
+
+
+def _can_append_to(path: str) -> bool:
     path = os.path.abspath(path)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    return path
+    if os.path.exists(path):
+        if not os.path.isfile(path):
+            return False
+        try:
+            with open(path, "a"):
+                return True
+        except OSError:
+            return False
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):       # missing folders are made when the record is written
+        parent = os.path.dirname(parent)
+    return os.path.isdir(parent) and _can_write_in(parent)
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
@@ -372,14 +390,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
                      f"kernel size {largest_kernel}")
     if not os.path.isdir(args.data_dir):
         parser.error(f"argument --data_dir: {args.data_dir!r} is not an existing directory")
-    if not os.access(args.data_dir, os.W_OK | os.X_OK):
-        parser.error(f"argument --data_dir: {args.data_dir!r} is not writable")
-    results_dir = _nearest_existing(os.path.dirname(os.path.abspath(args.results_file)))
-    if os.path.isdir(args.results_file) or not os.path.isdir(results_dir) \
-            or not os.access(results_dir, os.W_OK):
+    if not _can_write_in(args.data_dir):
+        parser.error(f"argument --data_dir: cannot create files in {args.data_dir!r}")
+    if not _can_append_to(args.results_file):
         parser.error(f"argument --results_file: cannot write {args.results_file!r}")
-    if os.path.exists(args.results_file) and not os.access(args.results_file, os.W_OK):
-        parser.error(f"argument --results_file: {args.results_file!r} is not writable")
     produced = data_bytes(args.num_sims, args.grid_size)
     trainers_here = -(-args.num_trainers // num_nodes)
     need = trainers_here * produced * copies_per_trainer

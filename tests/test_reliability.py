@@ -80,3 +80,34 @@ def test_two_runs_at_once_in_the_same_directory_both_succeed(workdir):
     records = read_records(workdir / "r.jsonl")
     assert len(records) == 2 and all(r["integrity_ok"] for r in records)
     assert_nothing_left(workdir)
+
+
+BAD_INPUT = [
+    (["--num_sims", "0"], "--num_sims"),
+    (["--num_sims", "-3"], "--num_sims"),
+    (["--grid_size", "0"], "--grid_size"),
+    (["--grid_size", "abc"], "--grid_size"),
+    (["--num_trainers", "0"], "--num_trainers"),
+    (["--grid_size", "8"], "--grid_size"),                    # smaller than the 9x9 kernel
+    (["--kernel_sizes", "3,4"], "--kernel_sizes"),
+    (["--compute_time", "-1"], "--compute_time"),
+    (["--num_sims", "100000", "--grid_size", "4096"], "--num_sims"),   # cannot fit in memory
+    (["--data_dir", "missing"], "--data_dir"),
+    (["--data_dir", "afile"], "--data_dir"),
+    (["--data_dir", "/sys"], "--data_dir"),                   # exists, but no file can be made
+    (["--results_file", "/sys/r.jsonl"], "--results_file"),
+    (["--results_file", "data"], "--results_file"),           # a directory
+    (["--no_such_flag"], "--no_such_flag"),
+]
+
+
+@pytest.mark.parametrize("args,flag", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
+def test_bad_input_is_refused_in_one_line_before_anything_starts(workdir, args, flag):
+    (workdir / "afile").write_text("not a directory")
+    proc = run_script([FS, *args], cwd=workdir, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and flag in proc.stderr and "error:" in proc.stderr
+    assert sorted(os.listdir(workdir)) == ["afile", "data"]
+    assert os.listdir(workdir / "data") == []
+    assert leftover_processes(workdir) == []
