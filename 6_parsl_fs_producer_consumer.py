@@ -34,7 +34,7 @@ def simulation(index, period, grid_size, compute_time, run_dir):
 
 
 @python_app(executors=[parsl_config.TRAINERS])
-def trainer(rank, kernel_size, manifest, grid_size, num_trainers, cpu_threads):
+def trainer(rank, kernel_size, manifest, grid_size, num_trainers, cpu_threads, epochs):
     """Read every simulation's file (timed as IO), check it, then train one epoch."""
     import time
     import numpy as np
@@ -48,7 +48,7 @@ def trainer(rank, kernel_size, manifest, grid_size, num_trainers, cpu_threads):
         io_s += time.perf_counter() - start
         data.add(sim.index, pairs)
     del pairs
-    return common.train(data, rank, kernel_size, io_s, cpu_threads)
+    return common.train(data, rank, kernel_size, io_s, cpu_threads, epochs)
 
 
 def main(argv=None) -> int:
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
 
         cpu_threads = 0 if gpus else max(1, cpus // trainer_workers)
         futures = [trainer(rank, common.kernel_size_for(rank, args.kernel_sizes), sims,
-                           args.grid_size, args.num_trainers, cpu_threads)
+                           args.grid_size, args.num_trainers, cpu_threads, args.epochs)
                    for rank in range(args.num_trainers)]
         trainers = common.results_of(futures, "trainer")
         common.log(f"{len(trainers)} trainers done in {phases.lap('training'):.2f} s")

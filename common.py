@@ -184,11 +184,11 @@ class TrainReport:
     device: str
     host: str
     bytes_read: int
-    samples: int
+    samples: int                # pairs received, checked, and trained on in every epoch
     io_s: float                 # receiving / reading all the data, nothing else
     check_s: float              # integrity check and float32 conversion
     train_s: float              # one epoch
-    loss: float
+    loss: float | None          # None when no epoch ran
     peak_rss_bytes: int
     gpu: str = ""               # CUDA_VISIBLE_DEVICES as the trainer saw it
 
@@ -224,18 +224,25 @@ def train_epoch(inputs: torch.Tensor, outputs: torch.Tensor, kernel_size: int,
 
 
 def train(data: TrainingData, rank: int, kernel_size: int, io_s: float,
-          cpu_threads: int = 0) -> TrainReport:
-    """Check that everything arrived, train one epoch, and report."""
+          cpu_threads: int = 0, epochs: int = 1) -> TrainReport:
+    """Check that everything arrived, train (one epoch by default), and report.
+
+    epochs=0 stops after the data arrived and passed the check: a transfer-only measurement.
+    """
     device = pick_device()
     if device.type == "cpu" and cpu_threads > 0:
         torch.set_num_threads(cpu_threads)   # trainers sharing a CPU must not oversubscribe it
     inputs, outputs = data.tensors()
-    loss, samples, train_s = train_epoch(inputs, outputs, kernel_size, device, seed=rank)
-    if samples != len(inputs):
-        raise IntegrityError(f"trainer {rank} trained on {samples} of {len(inputs)} samples")
+    loss, train_s = None, 0.0
+    for epoch in range(epochs):
+        loss, samples, seconds = train_epoch(inputs, outputs, kernel_size, device,
+                                             seed=rank * 1000 + epoch)
+        train_s += seconds
+        if samples != len(inputs):
+            raise IntegrityError(f"trainer {rank} trained on {samples} of {len(inputs)} samples")
     return TrainReport(rank=rank, kernel_size=kernel_size, device=str(device),
                        host=socket.gethostname(), bytes_read=data.bytes_received,
-                       samples=samples, io_s=io_s, check_s=data.check_s, train_s=train_s,
+                       samples=len(inputs), io_s=io_s, check_s=data.check_s, train_s=train_s,
                        loss=loss, peak_rss_bytes=peak_rss_bytes(),
                        gpu=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
 
@@ -299,14 +306,22 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
 
 
 def non_negative_float(text: str) -> float:
@@ -342,6 +357,9 @@ def make_parser(description: str) -> OneLineParser:
                         help="convolution kernel sizes, given to the trainers in turn")
     parser.add_argument("--compute_time", type=non_negative_float, default=0.5,
                         help="emulated compute seconds per simulation step (0 = none)")
+    parser.add_argument("--epochs", type=non_negative_int, default=1,
+                        help="training epochs per trainer (0 = move and check the data only, "
+                             "as the benchmark does)")
     parser.add_argument("--data_dir", default=".",
                         help="existing directory under which the run's own data directory is made")
     parser.add_argument("--keep_data", action="store_true",
@@ -459,6 +477,7 @@ def make_record(args: argparse.Namespace, transport: str, sims: Sequence[SimRepo
         "grid_size": args.grid_size,
         "steps_per_sim": STEPS,
         "compute_time_s": args.compute_time,
+        "epochs": args.epochs,
         "num_trainers": len(trainers),
         "kernel_sizes": [t.kernel_size for t in trainers],
         "devices": [t.device + (f" (CUDA_VISIBLE_DEVICES={t.gpu})" if t.gpu else "")
@@ -510,7 +529,8 @@ def summary(record: dict) -> str:
     lines = [
         f"=== {r['transport']}: {r['num_nodes']} node(s), {r['num_sims']} simulations of "
         f"{r['grid_size']}x{r['grid_size']}, {r['num_trainers']} trainer(s) "
-        f"(kernels {','.join(map(str, r['kernel_sizes']))}) on {', '.join(sorted(set(r['devices'])))}",
+        f"(kernels {','.join(map(str, r['kernel_sizes']))}) on {', '.join(sorted(set(r['devices'])))}"
+        + ("" if r["epochs"] == 1 else f", {r['epochs']} epochs"),
         f"Training data size      : {r['bytes_produced'] / GB:.3f} GB "
         f"({r['bytes_produced']:,} bytes of float64 inputs + outputs)",
         f"Start-up (not a phase)  : {r['startup_s']:8.2f} s",
