@@ -6,29 +6,42 @@
 # On a machine without ALCF modules (a laptop, a workstation, CI) it creates .venv next to
 # this file the first time, installs the pinned requirements.txt into it, and activates it.
 # Sourcing it again only activates: it reinstalls only when requirements.txt changed.
-# PC_VENV=/path overrides where the virtual environment lives.
+#
+# On ALCF Polaris (a login node or a job) it loads the site's conda module, creates a virtual
+# environment on top of conda's base (--system-site-packages: conda's own packages stay
+# visible, pip adds what requirements.txt pins and conda lacks) in .venv-polaris next to this
+# file the first time, and activates it; then it puts what Parsl and Dragon need on PATH.
+#
+# PC_VENV=/path     where the virtual environment lives (both cases)
+# PC_SITE=polaris   force the Polaris set-up; PC_SITE=local force the local one
+#
+# Dragon on several Polaris nodes: its DDict uses RDMA (Slingshot, through libfabric) only
+# after you tell it once, per environment, where the Cray libfabric is:
+#     dragon-config add --ofi-runtime-lib=/opt/cray/libfabric/<version>/lib64
+# Without that, traffic between nodes silently falls back to TCP. This script prints the
+# exact command while it is missing.
 
 _pc_root=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" && pwd)
 
 _pc_on_polaris() {
-    # ALCF Polaris: PBS and the Cray programming environment with Lmod modules
-    [[ -d /opt/cray/pe && -n "${PBS_O_HOST:-}${PBS_JOBID:-}" ]] || [[ "$(hostname -f 2>/dev/null)" == *polaris* ]]
+    case ${PC_SITE:-} in
+        polaris) return 0 ;;
+        local) return 1 ;;
+    esac
+    # login nodes are polaris-login-NN; inside a job PBS_O_HOST names the login node
+    [[ "$(hostname 2>/dev/null)" == polaris* || "${PBS_O_HOST:-}" == *polaris* ]]
 }
 
-_pc_setup_polaris() {
-    # Polaris set-up (issue #5): site conda module, project environment, PBS tools on PATH.
-    echo "0_activate_env.sh: Polaris set-up is not written yet; using a local virtual environment" >&2
-    return 1
-}
-
-_pc_setup_local() {
-    local venv=${PC_VENV:-$_pc_root/.venv}
+_pc_make_env() {
+    # _pc_make_env PYTHON VENV [venv options]: create VENV once, install the pins, activate
+    local python=$1 venv=$2
+    shift 2
     local stamp="$venv/.requirements.sha256"
     local wanted
     wanted=$(sha256sum "$_pc_root/requirements.txt" | cut -d' ' -f1)
     if [[ ! -x "$venv/bin/python" ]]; then
         echo "0_activate_env.sh: creating $venv" >&2
-        python3 -m venv "$venv" || return 1
+        "$python" -m venv "$@" "$venv" || return 1
     fi
     if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$wanted" ]]; then
         echo "0_activate_env.sh: installing requirements.txt into $venv (once)" >&2
@@ -40,13 +53,99 @@ _pc_setup_local() {
     source "$venv/bin/activate"
 }
 
+_pc_setup_polaris() {
+    local venv=${PC_VENV:-$_pc_root/.venv-polaris}
+    # module functions and conda's hooks read unset variables: do not let a caller's -u kill us
+    local had_u=0
+    [[ $- == *u* ]] && had_u=1 && set +u
+    local status=0
+    _pc_polaris_env "$venv" || status=$?
+    [[ $had_u -eq 1 ]] && set -u
+    return "$status"
+}
+
+_pc_polaris_env() {
+    local venv=$1 init
+    if [[ "$(type -t module)" != function ]]; then
+        # a non-login shell may lack the `module` function
+        for init in /usr/share/lmod/lmod/init/bash /etc/profile.d/lmod.sh /etc/profile.d/modules.sh; do
+            # shellcheck disable=SC1090
+            [[ -f $init ]] && source "$init" && break
+        done
+    fi
+    if [[ "$(type -t module)" != function ]]; then
+        echo "0_activate_env.sh: no 'module' command on this Polaris node" >&2
+        return 1
+    fi
+    module use /soft/modulefiles || return 1
+    module load conda || return 1
+    # XALT wraps every program launch; Dragon's launcher breaks under it
+    module unload xalt >/dev/null 2>&1
+    if [[ "$(type -t conda)" == function ]]; then
+        conda activate base || return 1
+    fi
+    # the venv's python is conda's: conda's packages stay importable, pip adds the rest
+    _pc_make_env "${CONDA_PREFIX:+$CONDA_PREFIX/bin/}python3" "$venv" --system-site-packages \
+        || return 1
+
+    # Dragon detects PBS by a qstat under .../pbs/... (batch jobs may lack it on PATH)
+    if [[ -x /opt/pbs/bin/qstat && ":$PATH:" != *":/opt/pbs/bin:"* ]]; then
+        PATH="$PATH:/opt/pbs/bin"
+    fi
+    # Parsl's MPI launcher and Dragon need the Cray PALS mpiexec first on PATH; conda
+    # packages (mpi4py, mpich) may bring their own, which cannot start ranks on other nodes
+    local pals="" dir dirs
+    IFS=: read -ra dirs <<< "$PATH"
+    for dir in "${dirs[@]}"; do
+        if [[ $dir == */pals/*/bin && -x $dir/mpiexec ]]; then pals=$dir; break; fi
+    done
+    if [[ -z $pals ]]; then
+        for dir in /opt/cray/pals/*/bin; do
+            [[ -x $dir/mpiexec ]] && pals=$dir   # the glob sorts: the last is the newest
+        done
+    fi
+    if [[ -n $pals ]]; then
+        PATH="$pals:$PATH"
+    else
+        echo "0_activate_env.sh: no Cray PALS mpiexec found; multi-node runs will fail" >&2
+    fi
+    export PATH
+
+    # the RDMA hint (see the top of this file), while this environment lacks the setting
+    local config configured=0 lib="" candidate
+    for config in "$venv"/lib/python3*/site-packages/dragon/.hsta-config/dragon-config.json; do
+        grep -qs ofi_runtime_lib "$config" && configured=1
+    done
+    if [[ $configured -eq 0 ]]; then
+        for candidate in /opt/cray/libfabric/*/lib64; do
+            [[ -d $candidate ]] && lib=$candidate
+        done
+        echo "0_activate_env.sh: for RDMA between nodes in Dragon's DDict run once:" \
+             "dragon-config add --ofi-runtime-lib=${lib:-/opt/cray/libfabric/<version>/lib64}" >&2
+    fi
+    return 0
+}
+
+_pc_setup_local() {
+    _pc_make_env python3 "${PC_VENV:-$_pc_root/.venv}"
+}
+
 if _pc_on_polaris; then
-    _pc_setup_polaris || _pc_setup_local
+    _pc_setup_polaris || {
+        echo "0_activate_env.sh: the Polaris set-up failed; using a local virtual environment" >&2
+        _pc_setup_local
+    }
 else
     _pc_setup_local
 fi
 _pc_status=$?
-unset -f _pc_on_polaris _pc_setup_polaris _pc_setup_local
+unset -f _pc_on_polaris _pc_make_env _pc_setup_polaris _pc_polaris_env _pc_setup_local
 [[ $_pc_status -eq 0 ]] || echo "0_activate_env.sh: set-up failed (status $_pc_status)" >&2
-# shellcheck disable=SC2317
-return "$_pc_status" 2>/dev/null || exit "$_pc_status"
+if [[ "${BASH_SOURCE[0]:-}" == "$0" ]]; then
+    # run, not sourced: the environment dies with this process
+    echo "0_activate_env.sh: source it (source 0_activate_env.sh) to activate the environment" >&2
+    exit "$_pc_status"
+fi
+# the last command's status is what `source` returns (no `return`: shellcheck 0.9 would
+# take it for the end of every script that sources this one)
+[[ $_pc_status -eq 0 ]]

@@ -604,9 +604,74 @@ def run_workflow(main) -> None:
     try:
         status = main()
     except KeyboardInterrupt as why:
-        print(f"{prog}: interrupted ({why or 'SIGINT'}); cleaned up", file=sys.stderr, flush=True)
+        reason = why.args[0] if why.args else "SIGINT"
+        print(f"{prog}: interrupted ({reason}); cleaned up", file=sys.stderr, flush=True)
         status = 130
     except (TaskFailed, IntegrityError, TimeoutError, OSError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
         status = 1
     sys.exit(status)
+
+
+# --------------------------------------------------------------------------- Dragon runtime
+LAUNCHED_AT_ENV = "PC_LAUNCHED_AT"   # time.time() when a script restarted itself under Dragon
+HEAD_PID_ENV = "PC_HEAD_PID_FILE"    # where the script's head process leaves its pid
+
+
+def in_dragon_runtime() -> bool:
+    """True in a process that a Dragon runtime started (`dragon script.py`)."""
+    return "DRAGON_RT_UID" in os.environ
+
+
+def run_under_dragon(script: str, argv: Sequence[str]) -> None:
+    """Make `python script.py ARGS` behave like `dragon script.py ARGS`; return only inside
+    a Dragon runtime.
+
+    Outside one, start `python -m dragon script.py ARGS` in a process group of its own and exit with
+    its status. Ctrl-C or SIGTERM then reaches only the script's head process, as a SIGINT, so
+    that it cleans up (processes, DDict) and the runtime shuts down normally; a second one
+    goes to the Dragon launcher, which tears the runtime down.
+    """
+    import signal
+    import subprocess
+    if in_dragon_runtime():
+        pid_file = os.environ.get(HEAD_PID_ENV)
+        if pid_file and not os.path.exists(pid_file):       # only the head, not its workers
+            with open(pid_file, "w") as f:
+                f.write(str(os.getpid()))
+        return
+    scratch = tempfile.mkdtemp(prefix="pc-dragon-")
+    env = dict(os.environ, **{LAUNCHED_AT_ENV: repr(time.time()),
+                              HEAD_PID_ENV: os.path.join(scratch, "head.pid")})
+    # a process group of its own, not a session: Dragon's local services call setpgid(0, 0),
+    # which fails (EPERM) in a session leader, and the launcher then waits forever
+    launcher = subprocess.Popen([sys.executable, "-m", "dragon", os.path.abspath(script), *argv],
+                                env=env, process_group=0)
+    interrupts = []
+
+    def forward(signum, frame):
+        interrupts.append(signum)
+        target = launcher.pid
+        if len(interrupts) == 1:
+            try:
+                with open(env[HEAD_PID_ENV]) as f:
+                    target = int(f.read())
+            except (OSError, ValueError):
+                pass                                # the head has not started yet
+        try:
+            os.kill(target, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    status = launcher.wait()
+    import shutil
+    shutil.rmtree(scratch, ignore_errors=True)
+    sys.exit(status if status >= 0 else 128 - status)
+
+
+def dragon_runtime_startup_s() -> float | None:
+    """Seconds since run_under_dragon() started the runtime; None when started by `dragon`."""
+    launched = os.environ.get(LAUNCHED_AT_ENV)
+    return time.time() - float(launched) if launched else None

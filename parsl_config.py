@@ -1,49 +1,182 @@
 """Parsl configuration for the two Parsl workflows (5 and 6), in the spirit of Parsl's
 "modularizing" example: one factory that returns a Config, plus the warm-up both use.
 
-One DFK, two HighThroughputExecutors: "simulators" (one CPU worker per simulation slot)
-and "trainers" (one worker per GPU, or a few CPU workers on a laptop). Nothing here reads
-the environment at import time.
+One DFK, two HighThroughputExecutors: "simulators" (CPU workers) and "trainers" (one
+worker per GPU, or a few CPU workers on a laptop). make_config() looks at where it runs:
+
+- outside a batch job, or in a one-node PBS job: one manager per executor on this
+  machine, talking to the interchange over loopback;
+- in a PBS job with several nodes ($PBS_NODEFILE): one manager per node and executor,
+  started by `mpiexec` (Cray PALS on Polaris, MPICH/Hydra or Open MPI elsewhere), which
+  connect back over the high-speed interface ($PARSL_IFACE, default bond0).
+
+Nothing here reads the environment at import time.
+
+Environment knobs (all optional):
+  PARSL_IFACE         network interface the managers reach the interchange through (bond0)
+  PARSL_MPI_FLAVOUR   pals | hydra | openmpi: skip the `mpiexec --version` detection
+  PARSL_ENCRYPTED     1/0: CurveZMQ between nodes (default on across nodes, off on loopback)
 """
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
 import time
 
 import parsl
+from parsl.addresses import address_by_interface
 from parsl.app.app import python_app
 from parsl.config import Config
 from parsl.executors import HighThroughputExecutor
+from parsl.launchers import MpiExecLauncher, SingleNodeLauncher
 from parsl.providers import LocalProvider
+
+import common
 
 SIMULATORS = "simulators"
 TRAINERS = "trainers"
 HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_IFACE = "bond0"         # Polaris: the Slingshot bond that other compute nodes reach
 
 
-def _worker_init() -> str:
-    # workers import common.py and the scripts' helpers from this directory
-    return f"export PYTHONPATH={HERE}${{PYTHONPATH:+:$PYTHONPATH}}"
+def worker_init() -> str:
+    """Shell lines run before the managers start: the environment this process runs in.
 
-
-def make_config(run_dir: str, sim_workers: int, trainer_workers: int, gpus: int = 0) -> Config:
-    """Parsl Config for this machine.
-
-    sim_workers: CPU workers for simulations; trainer_workers: trainers per node
-    (with gpus > 0, one worker per GPU, pinned through CUDA_VISIBLE_DEVICES).
+    They run once per block on the first node; mpiexec then carries the resulting
+    environment to every node (PALS and Hydra pass it all, Open MPI gets -x below).
     """
+    lines = []
+    venv_activate = os.path.join(sys.prefix, "bin", "activate")
+    if sys.prefix != sys.base_prefix and os.path.exists(venv_activate):
+        lines.append(f"source {shlex.quote(venv_activate)}")
+    else:
+        # conda or system Python: Parsl starts process_worker_pool.py by name, from here
+        lines.append(f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH")
+    # tasks import common.py (and the scripts' helpers) from the repository
+    lines.append(f"export PYTHONPATH={shlex.quote(HERE)}${{PYTHONPATH:+:$PYTHONPATH}}")
+    return "\n".join(lines)
+
+
+def mpi_flavour(mpiexec: str = "mpiexec") -> str:
+    """Which mpiexec is first on PATH: 'pals' (Cray PALS), 'hydra' (MPICH, Intel) or 'openmpi'."""
+    forced = os.environ.get("PARSL_MPI_FLAVOUR", "").strip().lower()
+    if forced:
+        if forced not in ("pals", "hydra", "openmpi"):
+            raise ValueError(f"PARSL_MPI_FLAVOUR={forced!r}: use pals, hydra or openmpi")
+        return forced
+    path = shutil.which(mpiexec)
+    if path is None:
+        raise FileNotFoundError("a multi-node run needs `mpiexec` on PATH (on Polaris the Cray "
+                                "PALS one, /opt/cray/pals/.../bin; elsewhere MPICH or Open MPI)")
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+        text = (out.stdout + out.stderr).lower()
+    except (OSError, subprocess.TimeoutExpired):
+        text = ""
+    real_path = os.path.realpath(path).lower()
+    if "/pals/" in real_path or "pals" in text:
+        return "pals"
+    if "open mpi" in text or "openrte" in text or "open-mpi" in text:
+        return "openmpi"
+    if "hydra" in text or "mpich" in text or "intel(r) mpi" in text:
+        return "hydra"
+    raise RuntimeError(f"cannot tell which MPI {path} belongs to from `mpiexec --version`; "
+                       "set PARSL_MPI_FLAVOUR=pals|hydra|openmpi")
+
+
+class _MpiExecLauncher(MpiExecLauncher):
+    """Parsl's MpiExecLauncher, with its host list kept next to the submit scripts."""
+
+    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int,
+                 script_dir: str = "") -> str:
+        script = super().__call__(command, tasks_per_node, nodes_per_block, script_dir)
+        # Parsl writes the deduplicated $PBS_NODEFILE into the current directory, which
+        # litters wherever the user ran the script; the run directory is the place for it
+        return script.replace('HOSTFILE="$JOBNAME.nodes"',
+                              'HOSTFILE="${SCRIPT_DIR:-.}/$JOBNAME.nodes"')
+
+
+def mpi_launcher(flavour: str) -> MpiExecLauncher:
+    """One manager per node. Parsl writes `mpiexec <bind_cmd> none <overrides> -n <nodes>
+    --hostfile <unique hosts of $PBS_NODEFILE> sh cmd.sh`; the overrides put one rank per node
+    and leave the cores to the manager, which places its own workers."""
+    if flavour == "pals":
+        # ALCF's Polaris recipe: one rank per node, spanning every hardware thread
+        return _MpiExecLauncher(bind_cmd="--cpu-bind",
+                                overrides=f"--depth={os.cpu_count() or 1} --ppn 1")
+    if flavour == "hydra":
+        return _MpiExecLauncher(bind_cmd="-bind-to", overrides="-ppn 1")
+    if flavour == "openmpi":
+        # --map-by node: ranks round-robin over the hosts, so -n <nodes> gives one per node.
+        # Open MPI passes no environment unless told (-x), and refuses root without the flag.
+        carry = ["PATH", "PYTHONPATH"] + [name for name in ("VIRTUAL_ENV", "LD_LIBRARY_PATH")
+                                          if name in os.environ]
+        root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+        return _MpiExecLauncher(bind_cmd="--bind-to", overrides=" ".join(
+            ["--map-by", "node", "--oversubscribe"] + [f"-x {name}" for name in carry] + root))
+    raise ValueError(f"unknown MPI flavour {flavour!r}")
+
+
+def interchange_address(interface: str | None = None) -> str | None:
+    """The address managers on other nodes connect to.
+
+    The named interface ($PARSL_IFACE, default bond0) when this node has it; else the address
+    this host's name resolves to; else None, and Parsl's managers probe every address here.
+    """
+    interface = interface or os.environ.get("PARSL_IFACE") or DEFAULT_IFACE
+    try:
+        return address_by_interface(interface)
+    except OSError:
+        pass
+    try:
+        address = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        address = None
+    print(f"parsl_config: no network interface {interface!r} on {socket.gethostname()}; "
+          f"managers will connect to {address or 'any address of this host'} "
+          "(set PARSL_IFACE to choose the interface)", file=sys.stderr, flush=True)
+    return address
+
+
+def make_config(run_dir: str, sim_workers: int, trainer_workers: int, gpus: int = 0, *,
+                hosts: list[str] | None = None, interface: str | None = None,
+                encrypted: bool | None = None) -> Config:
+    """Parsl Config for wherever this runs.
+
+    sim_workers: CPU workers for simulations, per node; trainer_workers: trainers per node
+    (with gpus > 0, one worker per GPU, pinned through CUDA_VISIBLE_DEVICES).
+    hosts: the nodes to use (default: the unique hosts of $PBS_NODEFILE, else this machine).
+    """
+    hosts = common.pbs_hosts() if hosts is None else list(hosts)
+    multi_node = len(hosts) > 1
+    if multi_node:
+        address = interchange_address(interface)
+        launcher = mpi_launcher(mpi_flavour())
+    else:
+        address, launcher = "127.0.0.1", SingleNodeLauncher()
+    if encrypted is None:
+        setting = os.environ.get("PARSL_ENCRYPTED", "")
+        # across nodes the interchange listens on a shared network: encrypt unless told not to;
+        # on loopback CurveZMQ only slows large payloads (1.6-1.9x measured)
+        encrypted = setting.strip() not in ("0", "false", "no") if setting else multi_node
+
     def executor(label: str, workers: int, accelerators: int = 0) -> HighThroughputExecutor:
         return HighThroughputExecutor(
             label=label,
-            address="127.0.0.1",
+            address=address,
             max_workers_per_node=workers,
             cores_per_worker=1e-6,          # the worker count, not the core count, decides
             available_accelerators=accelerators or (),
-            prefetch_capacity=0,
-            encrypted=False,                # loopback only; CurveZMQ slows large payloads 1.6-1.9x
+            prefetch_capacity=0,            # a task goes to a free worker, never queues behind one
+            encrypted=encrypted,
             worker_logdir_root=os.path.join(run_dir, "workers"),
             provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1,
-                                   worker_init=_worker_init()),
+                                   nodes_per_block=max(len(hosts), 1), launcher=launcher,
+                                   worker_init=worker_init()),
         )
 
     return Config(
@@ -51,6 +184,7 @@ def make_config(run_dir: str, sim_workers: int, trainer_workers: int, gpus: int 
                    executor(TRAINERS, trainer_workers, accelerators=gpus)],
         run_dir=os.path.join(run_dir, "parsl"),
         strategy="none",                    # fixed blocks: no scaling in or out mid-run
+        strategy_period=0.2,                # the blocks start at the first tick (default 5 s)
         initialize_logging=False,
     )
 
@@ -65,19 +199,30 @@ def _warm_up_worker(hold_s: float):
 
 
 def start(config: Config, workers: dict[str, int], timeout_s: float = 300.0) -> parsl.DataFlowKernel:
-    """Load the config and return once every worker is connected and has imported torch."""
+    """Load the config and return once every worker is connected and has imported torch.
+
+    If the workers do not come up, the DFK is cleaned up (its interchanges would outlive
+    this process otherwise) and the error raised.
+    """
     dfk = parsl.load(config)
-    deadline = time.monotonic() + timeout_s
-    for label, expected in workers.items():
-        executor = dfk.executors[label]
-        while sum(m["worker_count"] for m in executor.connected_managers()) < expected:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Parsl executor {label!r}: {expected} workers did not "
-                                   f"connect within {timeout_s:.0f} s")
-            time.sleep(0.1)
-        warm_up = python_app(_warm_up_worker, executors=[label])
-        warm: set[int] = set()
-        while len(warm) < expected and time.monotonic() < deadline:
-            futures = [warm_up(0.3) for _ in range(expected)]
-            warm.update(f.result() for f in futures)
+    try:
+        deadline = time.monotonic() + timeout_s
+        for label, expected in workers.items():
+            executor = dfk.executors[label]
+            while sum(m["worker_count"] for m in executor.connected_managers()) < expected:
+                if executor.bad_state_is_set:   # e.g. mpiexec could not start the managers
+                    raise ChildProcessError(f"Parsl executor {label!r} could not start its "
+                                            f"workers: {executor.executor_exception}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"Parsl executor {label!r}: {expected} workers did not "
+                                       f"connect within {timeout_s:.0f} s")
+                time.sleep(0.1)
+            warm_up = python_app(_warm_up_worker, executors=[label])
+            warm: set[int] = set()
+            while len(warm) < expected and time.monotonic() < deadline:
+                futures = [warm_up(0.3) for _ in range(expected)]
+                warm.update(f.result() for f in futures)
+    except BaseException:
+        dfk.cleanup()
+        raise
     return dfk

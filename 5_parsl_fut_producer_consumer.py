@@ -1,0 +1,164 @@
+"""Producer-consumer workflow with Parsl, data passed by value through futures.
+
+Each simulation task returns its pairs (a common.SimData: one contiguous float64 array)
+as the app's return value, so Parsl pickles them in the worker and ships them through
+the interchange to the head process. Each trainer task receives ALL the simulations'
+data as arguments, so the head pickles everything again and ships one copy per trainer.
+No file system and no data store: the head process is the hub every byte goes through.
+
+    python 5_parsl_fut_producer_consumer.py --num_sims 32 --grid_size 512
+
+What the IO times include (also written into the record, see IO_INCLUDES):
+  simulation: from the end of its compute in the worker to the arrival of its result in
+              the head (time.time() stamped in the app, and again in a done-callback);
+  trainer:    from submitting the app in the head to the first line of its body.
+"""
+import dataclasses
+import os
+import shutil
+import time
+
+from parsl.app.app import python_app
+from parsl.serialize import deserialize, pack_apply_message, serialize, unpack_apply_message
+
+import common
+import parsl_config
+
+TRANSPORT = "parsl+futures"
+
+IO_INCLUDES = {
+    "sim_io": "per simulation, time.time() from the end of its compute in the worker to the "
+              "result's arrival in the head (done-callback): pickling in the worker, worker -> "
+              "manager -> interchange -> head over ZeroMQ, unpickling in the head, and waiting "
+              "behind other results in the head's single result thread",
+    "train_io": "per trainer, time.time() from submitting the app in the head to the first line "
+                "of its body: pickling all simulations' data in the head (one task at a time: "
+                "Parsl launches tasks from one thread), head -> interchange -> manager -> worker "
+                "over ZeroMQ, and unpickling in the worker",
+    "clock": "the two ends of each interval are read on different processes; across nodes "
+             "the interval also contains the difference between the nodes' clocks",
+    "serialization_probe": "Parsl's own (de)serializers run once more in the head after the "
+                           "training phase, outside every phase: the pickling part of the above",
+}
+
+
+@python_app(executors=[parsl_config.SIMULATORS])
+def simulation(index, period, grid_size, compute_time):
+    """Simulate and return the data itself; Parsl carries it back to the head."""
+    import time
+    import common
+    common.maybe_inject_failure("simulation", index)
+    sim = common.simulate(index, period, grid_size, compute_time)
+    report = sim.report(io_s=0.0, location="returned to the head")  # io_s is filled in there
+    return sim, report, time.time()     # the transfer starts as soon as we return
+
+
+@python_app(executors=[parsl_config.TRAINERS])
+def trainer(rank, kernel_size, manifest, sims, grid_size, num_trainers, cpu_threads, epochs,
+            submitted_at):
+    """Receive every simulation's data as arguments, check it, then train."""
+    import time
+    arrived_at = time.time()            # Parsl has just unpickled all the arguments
+    import common
+    common.maybe_inject_failure("trainer", rank)
+    data = common.TrainingData(manifest, grid_size)
+    pairs_of = {sim.index: sim.pairs for sim in sims}
+    for report in common.reading_order(manifest, rank, num_trainers):
+        data.add(report.index, pairs_of[report.index])
+    del sims, pairs_of                  # keep only the float32 copy while training
+    return common.train(data, rank, kernel_size, arrived_at - submitted_at, cpu_threads,
+                        epochs)
+
+
+def serialization_probe(result, trainer_args) -> dict:
+    """Time Parsl's serializers on one simulation result and one trainer's arguments.
+
+    These are the calls the worker and the head make on the way, so this is the pickling
+    share of the IO times, measured apart from any communication.
+    """
+    def timed(fn, *args):
+        start = time.perf_counter()
+        out = fn(*args)
+        return out, time.perf_counter() - start
+
+    packed, result_ser = timed(serialize, result)
+    _, result_deser = timed(deserialize, packed)
+    result_bytes = len(packed)
+    packed, args_ser = timed(pack_apply_message, trainer.func, trainer_args,
+                             {"submitted_at": 0.0})
+    _, args_deser = timed(unpack_apply_message, packed)
+    return {"sim_result_bytes": result_bytes, "sim_result_serialize_s": result_ser,
+            "sim_result_deserialize_s": result_deser, "trainer_args_bytes": len(packed),
+            "trainer_args_serialize_s": args_ser, "trainer_args_deserialize_s": args_deser}
+
+
+def main(argv=None) -> int:
+    parser = common.make_parser(__doc__.splitlines()[0])
+    # each byte exists ~5 times per trainer on the way (pickles in head, interchange and
+    # worker, the unpickled float64, the float32 copy), so check memory with that factor
+    args = common.check_args(parser, parser.parse_args(argv), copies_per_trainer=5.0)
+    phases = common.Phases()
+    hosts = common.node_hosts()
+    gpus = common.gpus_per_node()
+    cpus = os.cpu_count() or 1
+    sim_workers = min(-(-args.num_sims // len(hosts)), cpus)       # per node
+    trainer_workers = -(-args.num_trainers // len(hosts))           # per node
+    run_dir = common.make_run_dir(args.data_dir, "fut")             # Parsl's own files only
+    common.log(f"{TRANSPORT}: Parsl run files in {run_dir}")
+    dfk = None
+    try:
+        config = parsl_config.make_config(run_dir, sim_workers, trainer_workers, gpus)
+        dfk = parsl_config.start(config, {parsl_config.SIMULATORS: sim_workers * len(hosts),
+                                          parsl_config.TRAINERS: trainer_workers * len(hosts)})
+        common.log(f"Parsl up on {len(hosts)} node(s): {sim_workers} simulation and "
+                   f"{trainer_workers} trainer workers per node, warm after "
+                   f"{phases.lap('startup'):.2f} s")
+
+        # a done-callback runs in the head the moment a result has arrived and been unpickled
+        arrived_at = {}
+        periods = common.wave_periods(args.num_sims)
+        futures = []
+        for i in range(args.num_sims):
+            future = simulation(i, periods[i], args.grid_size, args.compute_time)
+            future.add_done_callback(lambda _, i=i: arrived_at.setdefault(i, time.time()))
+            futures.append(future)
+        results = common.results_of(futures, "simulation")
+        common.log(f"{len(results)} simulations done in {phases.lap('simulation'):.2f} s")
+        sims = [sim for sim, _, _ in results]
+        manifest = [dataclasses.replace(report, io_s=arrived_at[report.index] - sent_at)
+                    for _, report, sent_at in results]
+
+        cpu_threads = 0 if gpus else max(1, cpus // trainer_workers)
+
+        def trainer_args(rank):     # every trainer gets ALL the data: `sims` travels each time
+            return (rank, common.kernel_size_for(rank, args.kernel_sizes), manifest, sims,
+                    args.grid_size, args.num_trainers, cpu_threads, args.epochs)
+
+        futures = [trainer(*trainer_args(rank), submitted_at=time.time())
+                   for rank in range(args.num_trainers)]
+        trainers = common.results_of(futures, "trainer")
+        common.log(f"{len(trainers)} trainers done in {phases.lap('training'):.2f} s")
+
+        probe = serialization_probe(results[0], trainer_args(0))
+        phases.lap("serialization_probe")
+        common.log(f"Parsl's serializers in the head: one simulation result "
+                   f"({probe['sim_result_bytes']:,} bytes) {probe['sim_result_serialize_s']:.4f} s "
+                   f"to pickle, {probe['sim_result_deserialize_s']:.4f} s to unpickle; one "
+                   f"trainer's arguments ({probe['trainer_args_bytes']:,} bytes) "
+                   f"{probe['trainer_args_serialize_s']:.3f} s / "
+                   f"{probe['trainer_args_deserialize_s']:.3f} s")
+        del results, sims
+    finally:
+        if dfk is not None:
+            dfk.cleanup()
+        if not args.keep_data:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    phases.lap("shutdown")
+    record = common.make_record(args, TRANSPORT, manifest, trainers, phases, hosts=hosts,
+                                io_includes=IO_INCLUDES, serialization_probe=probe,
+                                kept_run_dir=run_dir if args.keep_data else None)
+    return common.finish(record, args.results_file)
+
+
+if __name__ == "__main__":
+    common.run_workflow(main)

@@ -1,0 +1,356 @@
+"""Turn the workflows' result records into the homework table and a few plots.
+
+Every workflow script appends one JSON record per run to a JSON-lines file (see
+common.make_record). This script reads any number of those files and
+
+- prints the homework table (Markdown), plus a second table with the max IO times, GB/s,
+  host and date, and writes both to --markdown if given;
+- adds the homework rows to the table of an existing Markdown file (--append-to);
+- draws IO time and bandwidth versus data size, and each run's time split into start-up,
+  simulation, transfer and training (--plots DIR).
+
+    python report.py results/<job>/records.jsonl --markdown table.md --plots results/<job>
+    python report.py results/<job>/records.jsonl --append-to README.md
+
+Only numbers found in the records are shown. GB = 10^9 bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import sys
+import tempfile
+
+GB = 1e9
+
+# the spec's names, in the spec's order
+IMPLEMENTATIONS = {
+    "parsl+futures": "Parsl + futures",
+    "parsl+filesystem": "Parsl + file system",
+    "dragon+ddict": "DragonHPC + DDict",
+}
+COLORS = {"parsl+futures": "tab:red", "parsl+filesystem": "tab:blue", "dragon+ddict": "tab:green"}
+
+# what each transport's IO times cover (see the workflow scripts)
+IO_NOTES = {
+    "parsl+futures": "a simulation's IO runs from the end of its compute in the worker to its "
+                     "result's arrival in the head (pickling, ZeroMQ through the interchange, "
+                     "unpickling, waiting behind other results); a trainer's from the head "
+                     "submitting it to its first line (the head pickles ALL the data once per "
+                     "trainer, one trainer after another, then transfer and unpickling).",
+    "parsl+filesystem": "a simulation's IO is np.save of its one .npy file (done once the bytes "
+                        "are in the OS or Lustre client cache); a trainer's is np.load of every "
+                        "file.",
+    "dragon+ddict": "a simulation's IO is the put of its one value into the DDict manager on "
+                    "its node; a trainer's is the get of every value from whichever node holds "
+                    "it (the DDict is frozen first).",
+}
+
+HOMEWORK_HEADER = ("Implementation", "Number of Nodes", "Training Data Size (GB)",
+                   "Simulation Run / IO Time (sec)", "Training Run / IO Time (sec)")
+DETAILS_HEADER = ("Implementation", "Nodes", "Simulations x grid", "Trainers",
+                  "Data (GB)", "Start-up (s)", "Sim IO mean / max (s)", "Sim IO per simulation (GB/s)",
+                  "Train IO mean / max (s)", "Train IO per trainer (GB/s)",
+                  "Train IO all trainers (GB/s)", "Host", "Date")
+BEGIN_MARKER = "<!-- report:begin -->"     # optional: pick the table between these two lines
+END_MARKER = "<!-- report:end -->"
+
+
+# --------------------------------------------------------------------------- records
+def load_records(paths: list[str]) -> list[dict]:
+    """Every record of every JSON-lines file, in file order."""
+    records = []
+    for path in paths:
+        with open(path) as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{number}: not a JSON record ({error.msg})") from None
+    return records
+
+
+def implementation(record: dict) -> str:
+    name = IMPLEMENTATIONS.get(record["transport"], record["transport"])
+    return name if record.get("integrity_ok", True) else name + " (integrity check FAILED)"
+
+
+def ordered(records: list[dict]) -> list[dict]:
+    """Nodes, then data size, then the spec's order of transports: one size's rows side by side."""
+    rank = {transport: i for i, transport in enumerate(IMPLEMENTATIONS)}
+    return sorted(records, key=lambda r: (r["num_nodes"], r["bytes_produced"],
+                                          rank.get(r["transport"], len(rank))))
+
+
+# --------------------------------------------------------------------------- tables
+def gigabytes(nbytes: float) -> str:
+    """3 decimals; 3 significant digits below 0.01 GB so that tiny test runs stay distinct."""
+    gb = nbytes / GB
+    return f"{gb:.3f}" if gb >= 0.01 or gb == 0 else f"{gb:.3g}"
+
+
+def run_io(run_s: float, io_s: float) -> str:
+    """The spec's cell format: run seconds with 2 decimals / IO seconds with 3."""
+    return f"{run_s:.2f} / {io_s:.3f}"
+
+
+def rate(gbps: float | None) -> str:
+    return "-" if gbps is None else f"{gbps:.3f}"
+
+
+def markdown_row(cells) -> str:
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+
+def markdown_table(header, rows) -> list[str]:
+    return [markdown_row(header), markdown_row("---" for _ in header)] + [markdown_row(r) for r in rows]
+
+
+def homework_rows(records: list[dict]) -> list[str]:
+    return [markdown_row([implementation(r), r["num_nodes"], gigabytes(r["bytes_produced"]),
+                          run_io(r["sim_run_s"], r["sim_io_mean_s"]),
+                          run_io(r["train_run_s"], r["train_io_mean_s"])])
+            for r in ordered(records)]
+
+
+def details_cells(r: dict) -> list:
+    hosts = r.get("hosts") or ["?"]
+    host = hosts[0] + (f" +{len(hosts) - 1}" if len(hosts) > 1 else "")
+    epochs = r.get("epochs", 1)
+    trainers = f"{r['num_trainers']}" + ("" if epochs == 1 else f" ({epochs} epochs)")
+    return [implementation(r), r["num_nodes"], f"{r['num_sims']} x {r['grid_size']}^2",
+            trainers, gigabytes(r["bytes_produced"]), f"{r['startup_s']:.2f}",
+            f"{r['sim_io_mean_s']:.3f} / {r['sim_io_max_s']:.3f}", rate(r["sim_io_gbps"]),
+            f"{r['train_io_mean_s']:.3f} / {r['train_io_max_s']:.3f}", rate(r["train_io_gbps"]),
+            rate(r.get("train_io_aggregate_gbps")), host, r["date"][:16].replace("T", " ")]
+
+
+def render_markdown(records: list[dict], machine: str) -> str:
+    records = ordered(records)
+    lines = [f"Measured on {machine}.", ""]
+    lines += [markdown_row(HOMEWORK_HEADER), markdown_row("---" for _ in HOMEWORK_HEADER)]
+    lines += homework_rows(records)
+    lines += ["",
+              "Run time: wall time of the phase in the workflow's head process. IO time: the "
+              "mean over tasks of the time each simulation spent handing its data to the "
+              "transport, and each trainer spent receiving all the data; the max over tasks "
+              "and the bandwidths are in the table below. Start-up (workers or runtime up, "
+              "torch imported) is in neither. GB = 10^9 bytes, inputs and outputs (float64).",
+              ""]
+    lines += markdown_table(DETAILS_HEADER, [details_cells(r) for r in records])
+    lines += ["",
+              "Sim IO per simulation: bytes produced / summed simulation IO time. Train IO per trainer: "
+              "bytes one trainer read / its mean IO time. All trainers: bytes read by all "
+              "trainers / the slowest trainer's IO time.", ""]
+    present = {r["transport"] for r in records}
+    lines += [f"- {IMPLEMENTATIONS[t]}: {note}" for t, note in IO_NOTES.items() if t in present]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- appending to a file
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def _is_row(line: str) -> bool:
+    return line.lstrip().startswith("|")
+
+
+def _is_placeholder(line: str) -> bool:
+    """A row such as `| ... | ... | ... / ... |` that stands for rows to come."""
+    return _is_row(line) and re.fullmatch(r"[\s|./]*", line) is not None
+
+
+def append_rows(path: str, rows: list[str]) -> int:
+    """Add `rows` at the end of the table whose header is the homework header, above a
+    placeholder row if it has one. With BEGIN/END markers, only the table between them counts.
+    Returns the line number (1-based) of the first added row."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    start, end = 0, len(lines)
+    if BEGIN_MARKER in lines and END_MARKER in lines:
+        start, end = lines.index(BEGIN_MARKER), lines.index(END_MARKER)
+    wanted = [c.lower() for c in HOMEWORK_HEADER]
+    header = next((i for i in range(start, end)
+                   if _is_row(lines[i]) and [c.lower() for c in _cells(lines[i])] == wanted), None)
+    if header is None:
+        raise ValueError(f"{path}: no table with the header | {' | '.join(HOMEWORK_HEADER)} |")
+    at = header + 2                           # after the |---| line
+    while at < end and _is_row(lines[at]) and not _is_placeholder(lines[at]):
+        at += 1
+    lines[at:at] = rows
+    # write next to the file, then rename: a reader never sees half a file
+    directory = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False) as f:
+        f.write("\n".join(lines) + "\n")
+    os.chmod(f.name, os.stat(path).st_mode)
+    os.replace(f.name, path)
+    return at + 1
+
+
+# --------------------------------------------------------------------------- plots
+def machine_label(records: list[dict], given: str | None = None) -> str:
+    """'host (N cores, no GPU), 2026-11-24': cores only when the records come from this machine."""
+    hosts = sorted({(r.get("hosts") or ["?"])[0] for r in records})
+    nodes = sorted({r["num_nodes"] for r in records})
+    if given:
+        machine = given
+    else:
+        machine = ", ".join(hosts)
+        details = []
+        if hosts == [socket.gethostname()] and nodes == [1]:
+            details.append(f"{os.cpu_count()} cores")
+        devices = {d.split()[0] for r in records for d in r.get("devices", [])}
+        details.append("trainers on GPU" if devices & {"cuda"} else "no GPU")
+        machine += f" ({', '.join(details)})"
+    days = sorted({r["date"][:10] for r in records})
+    return f"{machine}, {days[0]}" + (f" to {days[-1]}" if len(days) > 1 else "")
+
+
+def _series(records: list[dict]):
+    """(label, transport, records sorted by size) for each transport and node count."""
+    node_counts = {r["num_nodes"] for r in records}
+    groups: dict[tuple, list[dict]] = {}
+    for r in ordered(records):
+        groups.setdefault((r["transport"], r["num_nodes"]), []).append(r)
+    for (transport, nodes), runs in groups.items():
+        label = IMPLEMENTATIONS.get(transport, transport)
+        if len(node_counts) > 1:
+            label += f", {nodes} node{'s' if nodes > 1 else ''}"
+        yield label, transport, runs
+
+
+def plot_io(records: list[dict], path: str, machine: str) -> None:
+    """IO time (mean, bar up to max) and bandwidth versus data size, per transport."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+    for label, transport, runs in _series(records):
+        color = COLORS.get(transport)
+        size = [r["bytes_produced"] / GB for r in runs]
+        for phase, style, marker in (("train", "-", "o"), ("sim", "--", "s")):
+            mean = [r[f"{phase}_io_mean_s"] for r in runs]
+            spread = [max(r[f"{phase}_io_max_s"] - m, 0.0) for r, m in zip(runs, mean)]
+            name = "trainer read" if phase == "train" else "simulation write"
+            left.errorbar(size, mean, yerr=[[0] * len(mean), spread], color=color, ls=style,
+                          marker=marker, capsize=3, label=f"{label}: {name}")
+            gbps = [(s, r[f"{phase}_io_gbps"]) for s, r in zip(size, runs)
+                    if r[f"{phase}_io_gbps"]]
+            if gbps:
+                right.plot(*zip(*gbps), color=color, ls=style, marker=marker,
+                           label=f"{label}: {name}")
+    sizes = sorted({r["bytes_produced"] for r in records})
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        # label the measured sizes themselves, in GB, rather than powers of ten
+        ax.set_xticks([s / GB for s in sizes], [gigabytes(s) for s in sizes])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("training data size (GB, inputs + outputs)")
+        ax.grid(True, which="both", alpha=0.3)
+    left.set_ylabel("IO time per task (s): mean, bar to max")
+    left.set_title("Time to hand over / receive the data")
+    right.set_ylabel("bandwidth (GB/s)")
+    right.set_title("Bandwidth (per simulation / per trainer)")
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize="small")
+    fig.suptitle(f"Data movement by transport - {machine}")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+PARTS = (("start-up", "tab:gray"), ("simulation", "tab:orange"),
+         ("transfer (IO)", "tab:purple"), ("training", "tab:cyan"), ("shut-down", "lightgray"))
+
+
+def time_parts(r: dict) -> list[float]:
+    """The run's wall time in the order of PARTS. Transfer is the mean IO time of one
+    simulation plus that of one trainer; it is taken out of the phase it happened in."""
+    sim_io, train_io = r["sim_io_mean_s"], r["train_io_mean_s"]
+    return [r["startup_s"], max(r["sim_run_s"] - sim_io, 0.0), sim_io + train_io,
+            max(r["train_run_s"] - train_io, 0.0), r.get("shutdown_s", 0.0)]
+
+
+def plot_breakdown(records: list[dict], path: str, machine: str) -> None:
+    """One horizontal stacked bar per run: where its wall time went."""
+    import matplotlib.pyplot as plt
+
+    runs = ordered(records)
+    fig, ax = plt.subplots(figsize=(12, 1.2 + 0.45 * len(runs)), layout="constrained")
+    several_node_counts = len({r["num_nodes"] for r in runs}) > 1
+    labels = [f"{IMPLEMENTATIONS.get(r['transport'], r['transport'])}, "
+              + (f"{r['num_nodes']} nodes, " if several_node_counts else "")
+              + f"{gigabytes(r['bytes_produced'])} GB" for r in runs]
+    parts = [time_parts(r) for r in runs]
+    y = list(range(len(runs)))[::-1]          # first row at the top
+    left = [0.0] * len(runs)
+    for k, (name, color) in enumerate(PARTS):
+        widths = [p[k] for p in parts]
+        ax.barh(y, widths, left=left, color=color, label=name, edgecolor="white", height=0.7)
+        left = [a + b for a, b in zip(left, widths)]
+    for yy, total, p in zip(y, left, parts):
+        ax.text(total, yy, f"  {total:.1f} s (IO {p[2]:.2f} s)", va="center", fontsize="small")
+    ax.set_yticks(y, labels)
+    ax.set_xlabel("wall time of the run as timed by the workflow script (s)")
+    ax.set_xlim(0, max(left, default=1) * 1.25)
+    ax.legend(ncols=len(PARTS), loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize="small")
+    ax.set_title(f"Where each run's time went - {machine}", pad=28)
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def make_plots(records: list[dict], directory: str, machine: str) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")                     # files only, no display needed
+    os.makedirs(directory, exist_ok=True)
+    paths = [os.path.join(directory, "io_vs_size.png"), os.path.join(directory, "time_breakdown.png")]
+    plot_io(records, paths[0], machine)
+    plot_breakdown(records, paths[1], machine)
+    return paths
+
+
+# --------------------------------------------------------------------------- command line
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("records", nargs="+", help="JSON-lines files of result records")
+    parser.add_argument("--markdown", metavar="FILE", help="also write the tables to FILE")
+    parser.add_argument("--plots", metavar="DIR", help="write io_vs_size.png and time_breakdown.png to DIR")
+    parser.add_argument("--append-to", metavar="FILE",
+                        help="add the homework rows to the homework table in this Markdown file")
+    parser.add_argument("--machine", help="how to name the machine in titles (default: from the records)")
+    args = parser.parse_args(argv)
+
+    try:
+        records = load_records(args.records)
+    except (OSError, ValueError) as error:
+        parser.exit(2, f"report.py: error: {error}\n")
+    if not records:
+        parser.exit(2, f"report.py: error: no records in {', '.join(args.records)}\n")
+    machine = machine_label(records, args.machine)
+    text = render_markdown(records, machine)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text)
+        print(f"Tables written to {args.markdown}")
+    if args.plots:
+        for path in make_plots(records, args.plots, machine):
+            print(f"Plot written to {path}")
+    if args.append_to:
+        try:
+            line = append_rows(args.append_to, homework_rows(records))
+        except (OSError, ValueError) as error:
+            parser.exit(1, f"report.py: error: {error}\n")
+        print(f"{len(records)} row(s) added to {args.append_to} at line {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""9_submit_multinode.sh on this machine (no PBS): every transport at two tiny sizes, then the
+table and the plots. Real Parsl, real Dragon, real files; a few minutes on two cores."""
+import os
+import pty
+import select
+import time
+
+import pytest
+
+from conftest import ROOT, leftover_processes, read_records, run_script, script_env
+
+JOB = "9_submit_multinode.sh"
+SCRIPTS = {"parsl+futures": "5_parsl_fut_producer_consumer.py",
+           "parsl+filesystem": "6_parsl_fs_producer_consumer.py",
+           "dragon+ddict": "8_dragon_producer_consumer.py"}
+NAMES = {"parsl+futures": "Parsl + futures", "parsl+filesystem": "Parsl + file system",
+         "dragon+ddict": "DragonHPC + DDict"}
+PRESENT = [t for t, script in SCRIPTS.items() if (ROOT / script).exists()]
+SHORT = {"parsl+futures": "futures", "parsl+filesystem": "filesystem", "dragon+ddict": "ddict"}
+
+
+def job_env(tmp_path, **settings):
+    env = script_env(tmp_path)
+    # a job started inside a batch job must not see it
+    for name in ("PBS_NODEFILE", "PBS_JOBID", "PBS_ENVIRONMENT", "PBS_O_WORKDIR"):
+        env.pop(name, None)
+    env.update(RESULTS_DIR=str(tmp_path / "results"), NUM_SIMS="4", GRID_SIZES="16 24",
+               COMPUTE_TIME="0")
+    if len(PRESENT) < len(SCRIPTS):             # while a workflow script is still missing
+        env["TRANSPORTS"] = " ".join(SHORT[t] for t in PRESENT)
+    env.update(settings)
+    return env
+
+
+def test_main_job_fills_the_table_for_every_transport_and_size(tmp_path):
+    env = job_env(tmp_path)
+    proc = run_script(["bash", ROOT / JOB], cwd=tmp_path, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    results = tmp_path / "results"
+
+    # one record per transport and size, none from the warm-up, every one intact
+    records = read_records(results / "records.jsonl")
+    assert sorted((r["transport"], r["grid_size"]) for r in records) == \
+        sorted((t, n) for t in PRESENT for n in (16, 24))
+    assert all(r["num_sims"] == 4 and r["integrity_ok"] for r in records)
+    assert (results / "logs" / "warmup.jsonl").exists()
+
+    # the table: one row per transport and size, data size as produced
+    table = (results / "table.md").read_text()
+    rows = [line for line in table.splitlines()[3:] if line.startswith("| ") and " / " in line
+            and line.count("|") == 6]
+    assert len(rows) == len(PRESENT) * 2
+    for transport in PRESENT:
+        for grid, size in ((16, "0.000164"), (24, "0.000369")):
+            assert sum(row.startswith(f"| {NAMES[transport]} | 1 | {size} |") for row in rows) == 1
+
+    for name in ("io_vs_size.png", "time_breakdown.png"):
+        assert (results / name).stat().st_size > 10_000
+    assert f"Outputs in {results}/" in proc.stdout
+    # the data directory is gone, nothing was left in the repository or the working directory
+    assert sorted(os.listdir(results)) == ["io_vs_size.png", "job.txt", "logs", "records.jsonl",
+                                           "table.md", "time_breakdown.png"]
+    assert sorted(os.listdir(tmp_path)) == ["results"]
+    assert leftover_processes(tmp_path) == []
+
+
+def test_a_failed_run_is_reported_and_fails_the_job(tmp_path):
+    env = job_env(tmp_path, TRANSPORTS="filesystem", GRID_SIZES="16", WARMUP="0",
+                  PC_INJECT_FAILURE="trainer:1")
+    proc = run_script(["bash", ROOT / JOB], cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 1
+    assert "run FAILED: filesystem at 4 x 16^2" in proc.stdout
+    assert "trainer 1 failed" in (tmp_path / "results" / "logs" / "filesystem-16.log").read_text()
+    assert "no run produced a record" in proc.stdout
+    assert leftover_processes(tmp_path) == []
+
+
+def test_ctrl_c_stops_the_whole_job_and_cleans_up(tmp_path):
+    """^C typed at a terminal reaches every process of the job; the job must stop, not go on
+    with the next run, and the workflow must remove its data directory."""
+    # 1 s of emulated compute per step: the simulations run for seconds, and ^C lands in them
+    env = job_env(tmp_path, TRANSPORTS="filesystem", WARMUP="0", COMPUTE_TIME="1")
+    pid, fd = pty.fork()
+    if pid == 0:                                 # the child: the job on a terminal of its own
+        os.chdir(tmp_path)
+        os.execvpe("bash", ["bash", str(ROOT / JOB)], env)
+    output, deadline, sent = b"", time.monotonic() + 240, False
+    while time.monotonic() < deadline:
+        if not sent and b"Parsl up" in output:  # the first run is simulating
+            os.write(fd, b"\x03")
+            sent = True
+        if select.select([fd], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:                      # the job has ended and closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+    _, status = os.waitpid(pid, 0)
+    text = output.decode(errors="replace")
+    assert sent, text
+    assert os.waitstatus_to_exitcode(status) == 130, text
+    assert "interrupted during filesystem at 4 x 16^2" in text
+    assert "grid_size 24" not in text            # the next run never started
+    assert os.listdir(tmp_path / "results" / "data") == []
+    assert leftover_processes(tmp_path) == []
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"TRANSPORTS": "carrier-pigeon"}, "unknown transport 'carrier-pigeon'"),
+    ({"GRID_SIZES": ","}, "GRID_SIZES has no size in it"),
+    ({"GRID_SIZES": "16 big"}, "take positive integers, got 'big'"),
+    ({"NUM_SIMS": "0"}, "take positive integers, got '0'"),
+])
+def test_bad_settings_stop_before_anything_runs(tmp_path, settings, message):
+    proc = run_script(["bash", ROOT / JOB], cwd=tmp_path, env=job_env(tmp_path, **settings),
+                      timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_under_pbs_it_sizes_the_job_for_the_allocation(tmp_path):
+    """A dry run inside a (pretend) two-node batch job: the settings and commands it would use."""
+    nodefile = tmp_path / "nodefile"
+    nodefile.write_text("x1001\nx1002\nx1001\n")          # PBS lists a host once per chunk
+    env = job_env(tmp_path, DRY_RUN="1", PBS_ENVIRONMENT="PBS_BATCH", PBS_O_WORKDIR=str(ROOT),
+                  PBS_NODEFILE=str(nodefile), PBS_JOBID="4242.polaris-pbs-01",
+                  DATA_DIR="/eagle/project/me")
+    for name in ("NUM_SIMS", "GRID_SIZES", "COMPUTE_TIME", "RESULTS_DIR"):
+        env.pop(name)
+    proc = run_script(["bash", ROOT / JOB], cwd=tmp_path, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "(2 node(s)" in out
+    assert "64 simulations x grid 256 512 1024, compute time 0.5 s/step" in out
+    assert f"results dir  {ROOT}/results/4242" in out
+    launcher = {"dragon+ddict": "dragon"}
+    for grid in (256, 512, 1024):
+        for transport in PRESENT:
+            assert (f"would run: {launcher.get(transport, 'python')} {SCRIPTS[transport]} "
+                    f"--num_sims 64 --grid_size {grid} --compute_time 0.5 "
+                    "--data_dir /eagle/project/me") in out
+    assert not (ROOT / "results" / "4242").exists()

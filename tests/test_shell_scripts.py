@@ -1,0 +1,68 @@
+"""The shell scripts parse, pass shellcheck, and 0_activate_env.sh behaves as documented."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from test_multinode import _install
+
+SCRIPTS = ["0_activate_env.sh", "9_submit_multinode.sh", ".ci/run"]
+
+
+@pytest.fixture(scope="session")
+def shellcheck():
+    path = _install("shellcheck", "shellcheck")
+    if path is None:
+        pytest.skip("no shellcheck, and `apt-get install -y shellcheck` failed "
+                    "(needs root and Debian)")
+    return path
+
+
+def _existing(script: str):
+    if not (ROOT / script).exists():
+        pytest.skip(f"{script} is not in this checkout")
+    return ROOT / script
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_parses(script):
+    proc = subprocess.run(["bash", "-n", _existing(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_passes_shellcheck(script, shellcheck):
+    # -x follows `source`, from the repository root as the scripts do
+    proc = subprocess.run([shellcheck, "-x", str(_existing(script).relative_to(ROOT))],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _bash(command: str, cwd) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PC_SITE")}
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_sourcing_again_only_activates(tmp_path):
+    venv = sys.prefix
+    if not os.path.exists(os.path.join(venv, ".requirements.sha256")):
+        pytest.skip("these tests do not run in an environment 0_activate_env.sh made")
+    # a strict caller (set -euo pipefail, as CI and batch scripts are) from another directory
+    proc = _bash(f"set -euo pipefail; PC_VENV={venv} source {ROOT}/0_activate_env.sh; "
+                 'echo "python=$(command -v python) venv=$VIRTUAL_ENV"', cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"python={venv}/bin/python venv={venv}" in proc.stdout
+    assert "creating" not in proc.stderr and "installing" not in proc.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_running_instead_of_sourcing_says_how(tmp_path):
+    venv = sys.prefix
+    if not os.path.exists(os.path.join(venv, ".requirements.sha256")):
+        pytest.skip("these tests do not run in an environment 0_activate_env.sh made")
+    proc = _bash(f"PC_VENV={venv} bash {ROOT}/0_activate_env.sh", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "source 0_activate_env.sh" in proc.stderr
