@@ -142,7 +142,7 @@ def futures_stages(grid_size: int, count: int = 3) -> dict:
     child.start()
     latencies = []
     for _ in range(count):
-        sent_at, _ = queue.get(timeout=300)
+        sent_at, _ = queue.get(timeout=120)
         latencies.append(time.time() - sent_at)
     child.join()
     stages["mp_queue"] = statistics.median(latencies)
