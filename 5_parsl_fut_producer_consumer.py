@@ -14,8 +14,6 @@ What the IO times include (also written into the record, see IO_INCLUDES):
   trainer:    from submitting the app in the head to the first line of its body.
 """
 import dataclasses
-import os
-import shutil
 import time
 
 from parsl.app.app import python_app
@@ -98,21 +96,11 @@ def main(argv=None) -> int:
     # worker, the unpickled float64, the float32 copy), so check memory with that factor
     args = common.check_args(parser, parser.parse_args(argv), copies_per_trainer=5.0)
     phases = common.Phases()
-    hosts = common.node_hosts()
-    gpus = common.gpus_per_node()
-    cpus = os.cpu_count() or 1
-    sim_workers = min(-(-args.num_sims // len(hosts)), cpus)       # per node
-    trainer_workers = -(-args.num_trainers // len(hosts))           # per node
-    run_dir = common.make_run_dir(args.data_dir, "fut")             # Parsl's own files only
-    common.log(f"{TRANSPORT}: Parsl run files in {run_dir}")
-    dfk = None
-    try:
-        config = parsl_config.make_config(run_dir, sim_workers, trainer_workers, gpus)
-        dfk = parsl_config.start(config, {parsl_config.SIMULATORS: sim_workers * len(hosts),
-                                          parsl_config.TRAINERS: trainer_workers * len(hosts)})
-        common.log(f"Parsl up on {len(hosts)} node(s): {sim_workers} simulation and "
-                   f"{trainer_workers} trainer workers per node, warm after "
-                   f"{phases.lap('startup'):.2f} s")
+    # leaving these blocks, also on an error or Ctrl-C, stops the workers and removes
+    # Parsl's run files
+    with common.run_directory(args.data_dir, "fut", args.keep_data) as run_dir, \
+            parsl_config.workflow(run_dir, args.num_sims, args.num_trainers) as layout:
+        common.log(f"{TRANSPORT}: {layout}, warm after {phases.lap('startup'):.2f} s")
 
         # a done-callback runs in the head the moment a result has arrived and been unpickled
         arrived_at = {}
@@ -128,11 +116,9 @@ def main(argv=None) -> int:
         manifest = [dataclasses.replace(report, io_s=arrived_at[report.index] - sent_at)
                     for _, report, sent_at in results]
 
-        cpu_threads = 0 if gpus else max(1, cpus // trainer_workers)
-
         def trainer_args(rank):     # every trainer gets ALL the data: `sims` travels each time
             return (rank, common.kernel_size_for(rank, args.kernel_sizes), manifest, sims,
-                    args.grid_size, args.num_trainers, cpu_threads, args.epochs)
+                    args.grid_size, args.num_trainers, layout.cpu_threads, args.epochs)
 
         futures = [trainer(*trainer_args(rank), submitted_at=time.time())
                    for rank in range(args.num_trainers)]
@@ -148,13 +134,8 @@ def main(argv=None) -> int:
                    f"{probe['trainer_args_serialize_s']:.3f} s / "
                    f"{probe['trainer_args_deserialize_s']:.3f} s")
         del results, sims
-    finally:
-        if dfk is not None:
-            dfk.cleanup()
-        if not args.keep_data:
-            shutil.rmtree(run_dir, ignore_errors=True)
     phases.lap("shutdown")
-    record = common.make_record(args, TRANSPORT, manifest, trainers, phases, hosts=hosts,
+    record = common.make_record(args, TRANSPORT, manifest, trainers, phases, hosts=layout.hosts,
                                 io_includes=IO_INCLUDES, serialization_probe=probe,
                                 kept_run_dir=run_dir if args.keep_data else None)
     return common.finish(record, args.results_file)

@@ -7,10 +7,7 @@ read, and trains one epoch. Only file names travel through Parsl.
     python 6_parsl_fs_producer_consumer.py --num_sims 32 --grid_size 512 --data_dir /eagle/...
 """
 import os
-import shutil
-import time
 
-import numpy as np
 from parsl.app.app import python_app
 
 import common
@@ -64,21 +61,11 @@ def main(argv=None) -> int:
     parser = common.make_parser(__doc__.splitlines()[0])
     args = common.check_args(parser, parser.parse_args(argv))
     phases = common.Phases()
-    hosts = common.node_hosts()
-    gpus = common.gpus_per_node()
-    cpus = os.cpu_count() or 1
-    sim_workers = min(-(-args.num_sims // len(hosts)), cpus)       # per node
-    trainer_workers = -(-args.num_trainers // len(hosts))           # per node
-    run_dir = common.make_run_dir(args.data_dir, "fs")
-    common.log(f"{TRANSPORT}: run directory {run_dir}")
-    dfk = None
-    try:
-        config = parsl_config.make_config(run_dir, sim_workers, trainer_workers, gpus)
-        dfk = parsl_config.start(config, {parsl_config.SIMULATORS: sim_workers * len(hosts),
-                                          parsl_config.TRAINERS: trainer_workers * len(hosts)})
-        common.log(f"Parsl up on {len(hosts)} node(s): {sim_workers} simulation and "
-                   f"{trainer_workers} trainer workers per node, warm after "
-                   f"{phases.lap('startup'):.2f} s")
+    # leaving these blocks, also on an error or Ctrl-C, stops the workers and removes the data
+    with common.run_directory(args.data_dir, "fs", args.keep_data) as run_dir, \
+            parsl_config.workflow(run_dir, args.num_sims, args.num_trainers) as layout:
+        common.log(f"{TRANSPORT}: {layout}, warm after {phases.lap('startup'):.2f} s; "
+                   f"data in {run_dir}")
 
         periods = common.wave_periods(args.num_sims)
         futures = [simulation(i, periods[i], args.grid_size, args.compute_time, run_dir)
@@ -86,20 +73,14 @@ def main(argv=None) -> int:
         sims = common.results_of(futures, "simulation")
         common.log(f"{len(sims)} simulations done in {phases.lap('simulation'):.2f} s")
 
-        cpu_threads = 0 if gpus else max(1, cpus // trainer_workers)
         futures = [trainer(rank, common.kernel_size_for(rank, args.kernel_sizes), sims,
-                           args.grid_size, args.num_trainers, cpu_threads, args.epochs)
+                           args.grid_size, args.num_trainers, layout.cpu_threads, args.epochs)
                    for rank in range(args.num_trainers)]
         trainers = common.results_of(futures, "trainer")
         common.log(f"{len(trainers)} trainers done in {phases.lap('training'):.2f} s")
-    finally:
-        if dfk is not None:
-            dfk.cleanup()
-        if not args.keep_data:
-            shutil.rmtree(run_dir, ignore_errors=True)
     phases.lap("shutdown")
     record = common.make_record(args, TRANSPORT, sims, trainers, phases,
-                                hosts=hosts, data_dir=os.path.abspath(args.data_dir),
+                                hosts=layout.hosts, data_dir=os.path.abspath(args.data_dir),
                                 kept_run_dir=run_dir if args.keep_data else None)
     return common.finish(record, args.results_file)
 

@@ -9,10 +9,16 @@ process, reads them in another (on the last node), lists the keys and destroys i
     dragon 7_dragon_ddict.py
     python 7_dragon_ddict.py        (starts the Dragon runtime itself)
 """
+import os
 import socket
 import sys
 
-import dragon  # noqa: F401  (registers Dragon's "dragon" start method with multiprocessing)
+try:
+    import dragon  # noqa: F401  (registers Dragon's "dragon" start method with multiprocessing)
+except ImportError:
+    print(f"{os.path.basename(sys.argv[0])}: error: DragonHPC is not installed in this Python "
+          "(source 0_activate_env.sh, or pip install dragonhpc)", file=sys.stderr)
+    sys.exit(2)
 import multiprocessing as mp
 import numpy as np
 from dragon.data import DDict

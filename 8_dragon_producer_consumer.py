@@ -21,10 +21,16 @@ import sys
 import time
 from collections import Counter
 
-import dragon  # noqa: F401  (registers Dragon's "dragon" start method with multiprocessing)
+try:
+    import dragon  # noqa: F401  (registers Dragon's "dragon" start method with multiprocessing)
+except ImportError:
+    print(f"{os.path.basename(sys.argv[0])}: error: DragonHPC is not installed in this Python "
+          "(source 0_activate_env.sh, or pip install dragonhpc)", file=sys.stderr)
+    sys.exit(2)
 import multiprocessing as mp
 import numpy as np
 from dragon.data import DDict
+from dragon.data.ddict import DDictFullError
 from dragon.infrastructure.policy import Policy
 from dragon.native.machine import Node, System
 from dragon.native.process import ProcessTemplate
@@ -41,6 +47,7 @@ HEADROOM = 1.3              # above that, for allocator fragmentation and bookke
 VALUE_OVERHEAD = 4096       # bytes per value for its key and header, generously
 MIN_PER_MANAGER = 64 * 2**20    # a manager keeps its own tables in its pool too
 STARTUP_TIMEOUT_S = 600     # every process imports torch and attaches to the DDict
+DDICT_BYTES_ENV = "PC_DDICT_BYTES"  # a fixed DDict size in bytes instead of one sized from the data
 
 
 # --------------------------------------------------------------------------- data layout
@@ -134,7 +141,10 @@ def simulator(worker, num_workers, num_nodes, num_sims, grid_size, compute_time,
             outbox.put(("simulation", sim.report(io_s, location=f"DDict manager {manager}")))
     except Exception as error:
         what = f"simulation {index}" if index is not None else f"simulator process {worker}"
-        outbox.put(("failed", f"{what} failed: {type(error).__name__}: {error}"))
+        why = f"{type(error).__name__}: {' '.join(str(error).split())}"    # one line
+        if isinstance(error, DDictFullError):
+            why = "no room left in the DDict: " + why
+        outbox.put(("failed", f"{what} failed: {why}"))
     finally:
         d.detach()
 
@@ -232,6 +242,10 @@ def check(parser, argv):
     if gpus and args.num_trainers > gpus:
         parser.error(f"argument --num_trainers: one trainer per GPU, and there are {gpus} GPUs")
     _, on_busiest_node = ddict_size(args.num_sims, args.grid_size, num_nodes)
+    fixed = os.environ.get(DDICT_BYTES_ENV)
+    if fixed is not None and not (fixed.isdigit() and int(fixed) >= MIN_PER_MANAGER):
+        parser.error(f"{DDICT_BYTES_ENV}={fixed!r}: give the DDict's size in bytes, at least "
+                     f"{MIN_PER_MANAGER}")
     trainers_here = -(-args.num_trainers // num_nodes)
     trainers_hold = trainers_here * (0.5 * common.data_bytes(args.num_sims, args.grid_size)
                                      + common.data_bytes(1, args.grid_size))
@@ -263,11 +277,11 @@ def main(argv=None) -> int:
     policies = trainer_policies(nodes, args.num_trainers)
     sims_per_node = min(-(-args.num_sims // len(nodes)), min(n.num_cpus for n in nodes))
     num_workers = sims_per_node * len(nodes)
-    total_mem, _ = ddict_size(args.num_sims, args.grid_size, len(nodes))
+    total_mem = int(os.environ.get(DDICT_BYTES_ENV) or
+                    ddict_size(args.num_sims, args.grid_size, len(nodes))[0])
     with contextlib.ExitStack() as cleanup:     # undone in reverse order, also on error
-        run_dir = common.make_run_dir(args.data_dir, "ddict")
-        if not args.keep_data:
-            cleanup.callback(shutil.rmtree, run_dir, ignore_errors=True)
+        run_dir = cleanup.enter_context(common.run_directory(args.data_dir, "ddict",
+                                                             args.keep_data))
         go, inbox, outbox = Queue(), Queue(), Queue()
         for q in (go, inbox, outbox):
             cleanup.callback(q.destroy)

@@ -7,12 +7,14 @@ be tested (and read) on its own; each numbered script adds only its transport's 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import fcntl
 import json
 import os
 import platform
 import resource
+import shutil
 import socket
 import sys
 import tempfile
@@ -556,10 +558,17 @@ def finish(record: dict, results_file: str) -> int:
     return 0 if record["integrity_ok"] else 1
 
 
-def make_run_dir(base: str, transport: str) -> str:
-    """A fresh directory that belongs to this run alone (removed at the end unless kept)."""
+@contextlib.contextmanager
+def run_directory(base: str, transport: str, keep: bool = False):
+    """A fresh directory that belongs to this run alone, removed on the way out (after an
+    error or Ctrl-C too) unless `keep`. Nothing outside it is ever deleted."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return tempfile.mkdtemp(prefix=f"pc-{transport}-{stamp}-", dir=base)
+    path = tempfile.mkdtemp(prefix=f"pc-{transport}-{stamp}-", dir=base)
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def log(message: str) -> None:
@@ -593,19 +602,31 @@ def results_of(futures: Sequence, kind: str) -> list:
 
 def run_workflow(main) -> None:
     """Run a script's main(): SIGTERM behaves like Ctrl-C, so both reach main's cleanup;
-    a failed task or a failed check ends the run with one line on stderr."""
+    a failed task or a failed check ends the run with one line on stderr.
+
+    A second signal while the clean-up runs is ignored (it would leave files, workers or
+    a DDict behind); a third one abandons the clean-up.
+    """
     import signal
+    prog = os.path.basename(sys.argv[0])
+    signals = []
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        signals.append(signal.Signals(signum).name)
+        if len(signals) == 2:
+            print(f"{prog}: cleaning up, please wait ({signals[-1]} once more to abandon it)",
+                  file=sys.stderr, flush=True)
+            return
+        raise KeyboardInterrupt(signals[-1])
 
     signal.signal(signal.SIGTERM, interrupt)
-    prog = os.path.basename(sys.argv[0])
+    signal.signal(signal.SIGINT, interrupt)
     try:
         status = main()
     except KeyboardInterrupt as why:
         reason = why.args[0] if why.args else "SIGINT"
-        print(f"{prog}: interrupted ({reason}); cleaned up", file=sys.stderr, flush=True)
+        done = "cleaned up" if len(signals) < 3 else "clean-up abandoned"
+        print(f"{prog}: interrupted ({reason}); {done}", file=sys.stderr, flush=True)
         status = 130
     except (TaskFailed, IntegrityError, TimeoutError, OSError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
@@ -666,7 +687,6 @@ def run_under_dragon(script: str, argv: Sequence[str]) -> None:
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
     status = launcher.wait()
-    import shutil
     shutil.rmtree(scratch, ignore_errors=True)
     sys.exit(status if status >= 0 else 128 - status)
 

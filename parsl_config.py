@@ -19,12 +19,16 @@ Environment knobs (all optional):
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import re
 import shlex
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import parsl
@@ -32,6 +36,7 @@ from parsl.addresses import address_by_interface
 from parsl.app.app import python_app
 from parsl.config import Config
 from parsl.executors import HighThroughputExecutor
+from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
 from parsl.launchers import MpiExecLauncher, SingleNodeLauncher
 from parsl.providers import LocalProvider
 
@@ -59,6 +64,21 @@ def worker_init() -> str:
     # tasks import common.py (and the scripts' helpers) from the repository
     lines.append(f"export PYTHONPATH={shlex.quote(HERE)}${{PYTHONPATH:+:$PYTHONPATH}}")
     return "\n".join(lines)
+
+
+def launch_cmd(scratch: str) -> str:
+    """Parsl's command that starts a manager, with $TMPDIR in a folder of its own.
+
+    A manager's multiprocessing helpers make pymp-* folders in $TMPDIR, and Parsl stops the
+    managers with SIGTERM, so they were never removed (4 per run). The folder, on each
+    node's own temporary disk, goes when the manager does.
+    """
+    if not re.fullmatch(r"[\w./-]+", scratch):     # goes into shell and str.format unquoted
+        return DEFAULT_LAUNCH_CMD
+    return "\n".join([f"mkdir -p {scratch}",
+                      f"trap 'rm -rf {scratch}' EXIT",
+                      "trap 'exit 143' TERM INT",   # the manager dies of it, then EXIT runs
+                      f"TMPDIR={scratch} {DEFAULT_LAUNCH_CMD}"])
 
 
 def mpi_flavour(mpiexec: str = "mpiexec") -> str:
@@ -174,6 +194,8 @@ def make_config(run_dir: str, sim_workers: int, trainer_workers: int, gpus: int 
             prefetch_capacity=0,            # a task goes to a free worker, never queues behind one
             encrypted=encrypted,
             worker_logdir_root=os.path.join(run_dir, "workers"),
+            launch_cmd=launch_cmd(os.path.join(tempfile.gettempdir(),
+                                               f"{os.path.basename(run_dir)}-{label}")),
             provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1,
                                    nodes_per_block=max(len(hosts), 1), launcher=launcher,
                                    worker_init=worker_init()),
@@ -226,3 +248,37 @@ def start(config: Config, workers: dict[str, int], timeout_s: float = 300.0) -> 
         dfk.cleanup()
         raise
     return dfk
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How a workflow's tasks are spread: per node, over `hosts`."""
+    hosts: list[str]
+    gpus: int                   # per node
+    sim_workers: int            # per node
+    trainer_workers: int        # per node
+    cpu_threads: int            # torch threads per CPU trainer (0: trainers use GPUs)
+
+    def __str__(self) -> str:
+        return (f"Parsl up on {len(self.hosts)} node(s): {self.sim_workers} simulation and "
+                f"{self.trainer_workers} trainer workers per node")
+
+
+@contextlib.contextmanager
+def workflow(run_dir: str, num_sims: int, num_trainers: int):
+    """Start the two executors, sized for this run, warm; stop them on the way out.
+
+    At most one simulation worker per core and per simulation on each node; trainers are
+    spread evenly over the nodes, one per GPU where there are GPUs.
+    """
+    hosts = common.node_hosts()
+    gpus = common.gpus_per_node()
+    cpus = os.cpu_count() or 1
+    sim_workers = min(-(-num_sims // len(hosts)), cpus)
+    trainer_workers = -(-num_trainers // len(hosts))
+    layout = Layout(hosts, gpus, sim_workers, trainer_workers,
+                    cpu_threads=0 if gpus else max(1, cpus // trainer_workers))
+    config = make_config(run_dir, sim_workers, trainer_workers, gpus)
+    with start(config, {SIMULATORS: sim_workers * len(hosts),
+                        TRAINERS: trainer_workers * len(hosts)}):
+        yield layout

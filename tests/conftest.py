@@ -3,6 +3,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +69,62 @@ def workdir(tmp_path, monkeypatch):
     """A scratch directory the script runs in, with a data directory under it."""
     (tmp_path / "data").mkdir()
     return tmp_path
+
+
+def launcher_pids(tag) -> set:
+    """Pids of live Dragon launchers (`dragon x.py`, `python -m dragon x.py`) started by a test."""
+    needle = f"{TAG}={tag}".encode()
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle not in f.read():
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv[1:2] == [b"-m"] and argv[2:3] == [b"dragon"] or argv[1:2] and argv[1].endswith(b"/dragon"):
+            found.add(pid)
+    return found
+
+
+def temp_leftovers() -> set:
+    """What a run may leave in the temporary directory: multiprocessing's pymp-* folders
+    (Parsl's managers) and this project's pc-* folders."""
+    return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith(("pymp-", "pc-"))}
+
+
+@pytest.fixture
+def nothing_left(workdir):
+    """After the test, within 20 s: no process it started is alive, its data directory is
+    empty, and it left nothing in /dev/shm or in the temporary directory.
+
+    Dragon names a runtime's /dev/shm pools after its launcher's pid (last three digits), so
+    pools of other Dragon runs on the machine are told apart from this test's; any other new
+    /dev/shm file (e.g. a multiprocessing semaphore, sem.mp-*) counts as left behind."""
+    shm_before, temp_before = set(os.listdir("/dev/shm")), temp_leftovers()
+    launchers, done = set(), threading.Event()
+
+    def watch():
+        while not done.is_set():
+            launchers.update(launcher_pids(workdir))
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    yield workdir
+    done.set()
+    watcher.join()
+    tails = {pid[-3:] for pid in launchers}
+
+    def left():
+        shm = [name for name in set(os.listdir("/dev/shm")) - shm_before
+               if not name.startswith("DD") or any(tail in name for tail in tails)]
+        return (sorted(shm) + sorted(temp_leftovers() - temp_before)
+                + os.listdir(workdir / "data") + leftover_processes(workdir))
+
+    deadline = time.monotonic() + 20        # a launcher may still be tearing down
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert left() == []

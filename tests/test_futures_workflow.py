@@ -1,23 +1,24 @@
 """5_parsl_fut_producer_consumer.py end to end: real Parsl, data by value, tiny sizes."""
 import os
 
-from conftest import TINY, leftover_processes, read_records, run_script, script_env
+from conftest import TINY, leftover_processes, read_records, run_script
 
 SCRIPT = "5_parsl_fut_producer_consumer.py"
 
 
 def test_futures_workflow_moves_every_sample_and_reports_its_io(workdir):
+    # 128 simulations: far above the 41 distinct names of the earlier public version
     data, results = workdir / "data", workdir / "results.jsonl"
-    proc = run_script([SCRIPT, "--num_sims", 56, "--num_trainers", 2, *TINY,
+    proc = run_script([SCRIPT, "--num_sims", 128, "--num_trainers", 2, *TINY,
                        "--data_dir", data, "--results_file", results], cwd=workdir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [record] = read_records(results)
-    expected = 56 * 10 * 2 * 16 * 16 * 8
+    expected = 128 * 10 * 2 * 16 * 16 * 8
     assert record["transport"] == "parsl+futures"
     assert record["bytes_produced"] == expected
     assert record["bytes_read_per_trainer"] == expected
     assert record["integrity_ok"] is True
-    assert record["num_sims"] == 56 and record["num_trainers"] == 2 and record["num_nodes"] == 1
+    assert record["num_sims"] == 128 and record["num_trainers"] == 2 and record["num_nodes"] == 1
     # unlike the earlier public version, the futures transfer has an IO time, and says what it is
     for key in ("startup_s", "sim_run_s", "sim_io_mean_s", "sim_io_max_s", "train_run_s",
                 "train_io_mean_s", "train_io_max_s"):
@@ -35,14 +36,3 @@ def test_futures_workflow_moves_every_sample_and_reports_its_io(workdir):
     assert os.listdir(data) == []
     assert sorted(os.listdir(workdir)) == ["data", "results.jsonl"]
     assert leftover_processes(workdir) == []
-
-
-def test_a_failing_simulation_ends_the_run_with_its_name(workdir):
-    env = script_env(workdir, PC_INJECT_FAILURE="simulation:2")
-    proc = run_script([SCRIPT, "--num_sims", 4, "--num_trainers", 1, *TINY,
-                       "--data_dir", workdir / "data", "--results_file", workdir / "r.jsonl"],
-                      cwd=workdir, env=env, timeout=180)
-    assert proc.returncode == 1
-    assert "error: simulation 2 failed: RuntimeError: failure injected" in proc.stderr
-    assert not (workdir / "r.jsonl").exists()
-    assert os.listdir(workdir / "data") == []

@@ -1,4 +1,5 @@
-"""Faults, interruptions and concurrent runs: the run ends cleanly and leaves nothing behind."""
+"""Faults, interruptions, bad input and concurrent runs of 5, 6 and 8, with the real engines:
+every run ends within bounded time, says why, and leaves nothing behind (see nothing_left)."""
 import os
 import signal
 import subprocess
@@ -7,32 +8,33 @@ import time
 
 import pytest
 
+import common
 from conftest import ROOT, TINY, leftover_processes, read_records, run_script, script_env
 
+FUT = "5_parsl_fut_producer_consumer.py"
 FS = "6_parsl_fs_producer_consumer.py"
+DDICT = "8_dragon_producer_consumer.py"
+INTRO = "7_dragon_ddict.py"
 
 
-def assert_nothing_left(workdir, timeout=15):
-    """No run directory under data/ and no process started from one, within `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = os.listdir(workdir / "data") + leftover_processes(workdir)
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert left == []
+def run_args(workdir, *args):
+    return [*map(str, args), "--data_dir", str(workdir / "data"),
+            "--results_file", str(workdir / "r.jsonl")]
 
 
-@pytest.mark.parametrize("kind,index", [("simulation", 3), ("trainer", 1)])
-def test_a_failing_task_ends_the_run_with_its_name(workdir, kind, index):
+@pytest.mark.parametrize("script,kind,index", [
+    (FS, "simulation", 3), (FS, "trainer", 1),
+    (FUT, "simulation", 2), (FUT, "trainer", 0),
+    (DDICT, "simulation", 2), (DDICT, "trainer", 1),
+])
+def test_a_failing_task_ends_the_run_with_its_name(nothing_left, script, kind, index):
+    workdir = nothing_left
     env = script_env(workdir, PC_INJECT_FAILURE=f"{kind}:{index}")
-    proc = run_script([FS, "--num_sims", 6, "--num_trainers", 2, *TINY,
-                       "--data_dir", workdir / "data", "--results_file", workdir / "r.jsonl"],
-                      cwd=workdir, env=env, timeout=120)
-    assert proc.returncode == 1
+    proc = run_script([script, *run_args(workdir, "--num_sims", 6, "--num_trainers", 2, *TINY)],
+                      cwd=workdir, env=env, timeout=180)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"error: {kind} {index} failed: RuntimeError: failure injected" in proc.stderr
     assert not (workdir / "r.jsonl").exists()
-    assert_nothing_left(workdir)
 
 
 def start(argv, workdir) -> subprocess.Popen:
@@ -41,7 +43,7 @@ def start(argv, workdir) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_line(proc, text, timeout=120):
+def wait_for_line(proc, text, timeout=180):
     deadline = time.monotonic() + timeout
     for line in proc.stdout:
         if text in line:
@@ -50,36 +52,46 @@ def wait_for_line(proc, text, timeout=120):
     raise AssertionError(f"process ended before printing {text!r}: {proc.stderr.read()}")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-@pytest.mark.parametrize("phase,marker,extra", [
-    ("simulation", "Parsl up", ["--compute_time", "1"]),
-    ("training", "simulations done", ["--compute_time", "0", "--grid_size", "96"]),
-])
-def test_interrupt_cleans_up(workdir, signum, phase, marker, extra):
-    proc = start([FS, "--num_sims", 40, "--num_trainers", 2, *extra,
-                  "--data_dir", workdir / "data", "--results_file", workdir / "r.jsonl"], workdir)
+# the simulation phase lasts 40 x 1 s / 2 workers; the training phase never ends by itself
+SIMULATING = ["--compute_time", "1", "--grid_size", "16"]
+TRAINING = ["--compute_time", "0", "--grid_size", "32", "--epochs", "100000"]
+
+
+@pytest.mark.parametrize("script,phase,signum", [
+    (FS, "simulation", signal.SIGINT), (FS, "simulation", signal.SIGTERM),
+    (FS, "training", signal.SIGINT), (FS, "training", signal.SIGTERM),
+    (FUT, "simulation", signal.SIGINT), (FUT, "training", signal.SIGTERM),
+    (DDICT, "simulation", signal.SIGTERM), (DDICT, "training", signal.SIGINT),
+], ids=lambda p: p.name if isinstance(p, signal.Signals) else p.split("_")[0])
+def test_interrupt_exits_within_30_s_and_cleans_up(nothing_left, script, phase, signum):
+    workdir = nothing_left
+    extra, marker = ((SIMULATING, "warm after" if script != DDICT else "ready after")
+                     if phase == "simulation" else (TRAINING, "simulations done"))
+    proc = start([script, *run_args(workdir, "--num_sims", 40, "--num_trainers", 2, *extra)],
+                 workdir)
     try:
         wait_for_line(proc, marker)
-        time.sleep(0.5)
+        time.sleep(1)
         assert os.listdir(workdir / "data"), "the run directory should exist mid-run"
         proc.send_signal(signum)
         proc.wait(timeout=30)
     finally:
         proc.kill()
     assert proc.returncode == 130
-    assert "interrupted" in proc.stderr.read()
-    assert_nothing_left(workdir)
+    assert f"interrupted ({'SIGINT' if script == DDICT else signum.name}); cleaned up" \
+        in proc.stderr.read()
+    assert not (workdir / "r.jsonl").exists()
 
 
-def test_two_runs_at_once_in_the_same_directory_both_succeed(workdir):
-    argv = [FS, "--num_sims", 44, "--num_trainers", 1, *TINY,
-            "--data_dir", workdir / "data", "--results_file", workdir / "r.jsonl"]
+def test_two_runs_at_once_in_the_same_directory_both_succeed(nothing_left):
+    workdir = nothing_left
+    argv = [FS, *run_args(workdir, "--num_sims", 44, "--num_trainers", 1, *TINY)]
     runs = [start(argv, workdir) for _ in range(2)]
     outputs = [run.communicate(timeout=300) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
     records = read_records(workdir / "r.jsonl")
     assert len(records) == 2 and all(r["integrity_ok"] for r in records)
-    assert_nothing_left(workdir)
+    assert records[0]["kept_run_dir"] is None
 
 
 BAD_INPUT = [
@@ -101,13 +113,72 @@ BAD_INPUT = [
 ]
 
 
+# each script checks its own limits on top of the shared ones (common.check_args)
+BAD_INPUT_5_8 = [
+    (FUT, ["--num_sims", "0"], "--num_sims"),
+    (FUT, ["--data_dir", "missing"], "--data_dir"),
+    # the futures hold ~5 copies per trainer: refused where 6 (0.5 copies) would run
+    (FUT, ["--num_sims", str(int(0.3 * common.available_memory_bytes()
+                                 / common.data_bytes(1, 512))), "--num_trainers", "1"],
+     "--num_sims"),
+    (DDICT, ["--grid_size", "4"], "--grid_size"),
+    (DDICT, ["--results_file", "/sys/r.jsonl"], "--results_file"),
+    # more than the trainers alone would refuse, less than DDict + trainers need
+    (DDICT, ["--num_sims", str(int(0.6 * common.available_memory_bytes()
+                                   / common.data_bytes(1, 512))), "--num_trainers", "2"],
+     "the DDict needs"),
+]
+
+
+def refused(workdir, script, args, flag, env=None):
+    """Exit status 2, one line naming `flag`, nothing printed or made, nothing running."""
+    proc = run_script([script, *args], cwd=workdir, env=env, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == ""                # a Dragon launcher or Parsl would have printed
+    assert proc.stderr.count("\n") == 1 and flag in proc.stderr and "error:" in proc.stderr, \
+        proc.stderr
+    assert os.listdir(workdir / "data") == []
+    assert leftover_processes(workdir) == []
+    return proc.stderr
+
+
 @pytest.mark.parametrize("args,flag", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
 def test_bad_input_is_refused_in_one_line_before_anything_starts(workdir, args, flag):
     (workdir / "afile").write_text("not a directory")
-    proc = run_script([FS, *args], cwd=workdir, timeout=60)
-    assert proc.returncode == 2
-    assert proc.stdout == ""
-    assert proc.stderr.count("\n") == 1 and flag in proc.stderr and "error:" in proc.stderr
+    refused(workdir, FS, args, flag)
     assert sorted(os.listdir(workdir)) == ["afile", "data"]
-    assert os.listdir(workdir / "data") == []
-    assert leftover_processes(workdir) == []
+
+
+@pytest.mark.parametrize("script,args,flag", BAD_INPUT_5_8,
+                         ids=[f"{s[0]} {' '.join(a)[:30]}" for s, a, _ in BAD_INPUT_5_8])
+def test_bad_input_to_5_and_8_is_refused_before_anything_starts(nothing_left, script, args,
+                                                                  flag):
+    refused(nothing_left, script, args, flag)
+    assert sorted(os.listdir(nothing_left)) == ["data"]
+
+
+def python_without_dragon(tmp_path) -> list:
+    """The venv's Python with its packages, but no DragonHPC: a folder of links to every
+    entry of site-packages except Dragon's, used instead of site-packages."""
+    import sysconfig
+    site = sysconfig.get_paths()["purelib"]
+    packages = tmp_path / "site-packages-without-dragon"
+    packages.mkdir()
+    for name in os.listdir(site):
+        if not name.lower().startswith(("dragon", "_dragon")):
+            (packages / name).symlink_to(os.path.join(site, name))
+    return packages
+
+
+@pytest.mark.parametrize("script", [INTRO, DDICT])
+def test_a_missing_dragon_runtime_is_one_line(workdir, tmp_path_factory, script):
+    packages = python_without_dragon(tmp_path_factory.mktemp("nodragon"))
+    # -S: no site-packages of the venv; PYTHONPATH: all of them but Dragon's
+    env = script_env(workdir, PYTHONPATH=str(packages))
+    args = [] if script == INTRO else run_args(workdir)
+    proc = subprocess.run([sys.executable, "-S", str(ROOT / script), *args],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and "DragonHPC is not installed" in proc.stderr, \
+        proc.stderr
+    assert sorted(os.listdir(workdir)) == ["data"] and os.listdir(workdir / "data") == []
