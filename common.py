@@ -631,6 +631,9 @@ def run_workflow(main) -> None:
     except (TaskFailed, IntegrityError, TimeoutError, OSError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
         status = 1
+    if signals:                 # all cleaned up: a late signal must not kill the exit itself
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(status)
 
 
