@@ -38,6 +38,7 @@ from dragon.native.process_group import ProcessGroup
 from dragon.native.queue import Queue
 
 import common
+import dragon_workarounds
 
 TRANSPORT = "dragon+ddict"
 MANAGERS_PER_NODE = 1       # the DDict's shards: one per node, in that node's memory
@@ -287,6 +288,7 @@ def main(argv=None) -> int:
             cleanup.callback(q.destroy)
 
         start = time.perf_counter()
+        calm = dragon_workarounds.calm_ddict_orchestrator()    # see dragon_workarounds.py
         d = DDict(MANAGERS_PER_NODE, len(nodes), total_mem, timeout=DDICT_TIMEOUT_S,
                   persist_path=run_dir)          # its small metadata file, not in the cwd
         cleanup.callback(d.destroy)
@@ -346,6 +348,7 @@ def main(argv=None) -> int:
                "pool_bytes": sum(m.total_bytes for m in managers),
                "used_bytes": sum(m.total_used_bytes for m in managers),
                "keys": sum(m.num_keys for m in managers), "timeout_s": DDICT_TIMEOUT_S,
+               "orchestrator_busy_loop_fixed": calm,
                "layout": "one value per simulation, key = index, raw float64 bytes in "
                          "power-of-two pieces, written to a manager on the simulation's node, "
                          "frozen before the trainers read"},
