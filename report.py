@@ -42,8 +42,8 @@ IO_NOTES = {
                      "submitting it to its first line (the head pickles ALL the data once per "
                      "trainer, one trainer after another, then transfer and unpickling).",
     "parsl+filesystem": "a simulation's IO is np.save of its one .npy file (done once the bytes "
-                        "are in the OS or Lustre client cache); a trainer's is np.load of every "
-                        "file.",
+                        "are in the OS or Lustre client cache); a trainer's is reading every "
+                        "file (the .npy header, then the data into one reused array).",
     "dragon+ddict": "a simulation's IO is the put of its one value into the DDict manager on "
                     "its node; a trainer's is the get of every value from whichever node holds "
                     "it (the DDict is frozen first).",

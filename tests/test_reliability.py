@@ -160,6 +160,11 @@ def test_bad_input_to_5_and_8_is_refused_before_anything_starts(nothing_left, sc
     assert sorted(os.listdir(nothing_left)) == ["data"]
 
 
+def test_a_bad_ddict_size_is_refused_before_the_runtime_starts(nothing_left):
+    env = script_env(nothing_left, PC_DDICT_BYTES="1GB")
+    assert "PC_DDICT_BYTES='1GB'" in refused(nothing_left, DDICT, [], "PC_DDICT_BYTES", env=env)
+
+
 def python_without_dragon(tmp_path) -> list:
     """The venv's Python with its packages, but no DragonHPC: a folder of links to every
     entry of site-packages except Dragon's, used instead of site-packages."""
