@@ -216,6 +216,7 @@ def collect(outbox, kind: str, count: int, group: ProcessGroup, timeout=None) ->
     deadline = None if timeout is None else time.monotonic() + timeout
     found = []
     while len(found) < count:
+        common.raise_if_interrupted()               # Ctrl-C lands here, between requests
         try:
             message = outbox.get(timeout=1.0)
         except queue.Empty:
@@ -267,6 +268,7 @@ def main(argv=None) -> int:
     args = check(parser, argv)
     common.run_under_dragon(__file__, argv)      # returns inside the Dragon runtime
     runtime_s = common.dragon_runtime_startup_s()   # None when started with `dragon`
+    common.defer_interrupts()                   # never in the middle of a Dragon call
     mp.set_start_method("dragon")
     phases = common.Phases()
     # Dragon processes inherit this environment: let them import common.py as we do

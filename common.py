@@ -600,6 +600,27 @@ def results_of(futures: Sequence, kind: str) -> list:
     return [future.result() for future in futures]
 
 
+_signals: list[str] = []     # SIGINT/SIGTERM received by run_workflow's handler, in order
+_deferred = False           # see defer_interrupts()
+
+
+def defer_interrupts() -> None:
+    """From now on a first Ctrl-C or SIGTERM is only noted, and raised as KeyboardInterrupt
+    by raise_if_interrupted(), where the caller knows it is safe.
+
+    For Dragon's head process: an exception in the middle of one of Dragon's request/reply
+    exchanges (e.g. a ProcessGroup query) leaves the reply to be read by the next request,
+    and the clean-up then fails.
+    """
+    global _deferred
+    _deferred = True
+
+
+def raise_if_interrupted() -> None:
+    if _signals:
+        raise KeyboardInterrupt(_signals[0])
+
+
 def run_workflow(main) -> None:
     """Run a script's main(): SIGTERM behaves like Ctrl-C, so both reach main's cleanup;
     a failed task or a failed check ends the run with one line on stderr.
@@ -609,10 +630,12 @@ def run_workflow(main) -> None:
     """
     import signal
     prog = os.path.basename(sys.argv[0])
-    signals = []
+    signals = _signals
 
     def interrupt(signum, frame):
         signals.append(signal.Signals(signum).name)
+        if len(signals) == 1 and _deferred:
+            return                                  # raise_if_interrupted() raises it
         if len(signals) == 2:
             print(f"{prog}: cleaning up, please wait ({signals[-1]} once more to abandon it)",
                   file=sys.stderr, flush=True)
