@@ -64,6 +64,38 @@ def read_records(path) -> list:
         return [json.loads(line) for line in f if line.strip()]
 
 
+PHASE_TIMES = ("startup_s", "sim_run_s", "sim_io_mean_s", "sim_io_max_s", "train_run_s",
+               "train_io_mean_s", "train_io_max_s")
+
+
+def run_end_to_end(argv, workdir, transport, timeout=600):
+    """Run a workflow on 128 tiny simulations with 2 trainers (far above the 41 distinct names
+    of the earlier public version) and check what every transport must get right: every byte
+    produced reaches every trainer, integrity passes, phase times are measured, and the run
+    leaves nothing but its record. argv: the command up to its flags."""
+    data, results = workdir / "data", workdir / "results.jsonl"
+    proc = run_script([*argv, "--num_sims", 128, "--num_trainers", 2, *TINY,
+                       "--data_dir", data, "--results_file", results], cwd=workdir,
+                      timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [record] = read_records(results)
+    expected = 128 * 10 * 2 * 16 * 16 * 8
+    assert record["transport"] == transport
+    assert record["bytes_produced"] == expected
+    assert record["bytes_read_per_trainer"] == expected
+    assert record["integrity_ok"] is True
+    assert record["num_sims"] == 128 and record["num_trainers"] == 2 and record["num_nodes"] == 1
+    for key in PHASE_TIMES:
+        assert isinstance(record[key], float) and record[key] > 0, key
+    assert record["sim_io_max_s"] >= record["sim_io_mean_s"]
+    assert record["train_io_max_s"] >= record["train_io_mean_s"]
+    assert "Integrity               : OK" in proc.stdout
+    # the run directory (data, engines' files) is gone, nothing else was created
+    assert os.listdir(data) == []
+    assert sorted(os.listdir(workdir)) == ["data", "results.jsonl"]
+    return record, proc
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """A scratch directory the script runs in, with a data directory under it."""

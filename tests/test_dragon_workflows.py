@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, TINY, read_records, run_script, script_env
+from conftest import ROOT, run_end_to_end, run_script, script_env
 
 INTRO = "7_dragon_ddict.py"
 SCRIPT = "8_dragon_producer_consumer.py"
@@ -27,36 +27,17 @@ def test_ddict_introduction_puts_in_one_process_and_gets_in_another(nothing_left
 
 @pytest.mark.parametrize("launcher", ["python", "dragon"])
 def test_ddict_workflow_moves_every_sample_exactly_once(nothing_left, launcher):
-    workdir = nothing_left
-    data, results = workdir / "data", workdir / "results.jsonl"
-    argv = [SCRIPT, "--num_sims", 128, "--num_trainers", 2, *TINY,
-            "--data_dir", data, "--results_file", results]
-    if launcher == "dragon":                # as the README says; `python` restarts under dragon
-        argv = ["dragon", ROOT / SCRIPT, *argv[1:]]
-    proc = run_script(argv, cwd=workdir, timeout=400)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    [record] = read_records(results)
-    expected = 128 * 10 * 2 * 16 * 16 * 8
-    assert record["transport"] == "dragon+ddict"
-    assert record["bytes_produced"] == expected
-    assert record["bytes_read_per_trainer"] == expected
-    assert record["integrity_ok"] is True
-    assert record["num_sims"] == 128 and record["num_trainers"] == 2
-    assert record["num_nodes"] == 1 and len(record["hosts"]) == 1
+    # as the README says: `dragon 8_...`, or `python 8_...`, which restarts under dragon
+    command = [SCRIPT] if launcher == "python" else ["dragon", ROOT / SCRIPT]
+    record, _ = run_end_to_end(command, nothing_left, "dragon+ddict", timeout=400)
+    assert len(record["hosts"]) == 1
     assert record["devices"] == ["cpu", "cpu"] and record["kernel_sizes"] == [3, 5]
     ddict = record["ddict"]
     assert ddict["keys"] == 128                                 # one value per simulation
-    assert ddict["used_bytes"] >= expected and ddict["managers"] == 1
-    for key in ("startup_s", "sim_run_s", "sim_io_mean_s", "sim_io_max_s", "train_run_s",
-                "train_io_mean_s", "train_io_max_s", "ddict_create_s"):
-        assert isinstance(record[key], float) and record[key] > 0, key
-    assert record["sim_io_max_s"] >= record["sim_io_mean_s"]
-    assert record["train_io_max_s"] >= record["train_io_mean_s"]
+    assert ddict["used_bytes"] >= record["bytes_produced"] and ddict["managers"] == 1
+    assert isinstance(record["ddict_create_s"], float) and record["ddict_create_s"] > 0
     # the runtime's own start-up is only visible when the script started it
     assert (record["runtime_startup_s"] is None) == (launcher == "dragon")
-    assert "Integrity               : OK" in proc.stdout
-    assert os.listdir(data) == []
-    assert sorted(os.listdir(workdir)) == ["data", "results.jsonl"]
 
 
 def test_ctrl_c_stops_the_run_and_everything_is_cleaned_up(nothing_left):
