@@ -1,0 +1,409 @@
+#!/usr/bin/env bash
+# A cluster of 1-4 "nodes" on this one machine, made of Linux namespaces, so that the
+# workflows run across several nodes for real: Parsl managers started by mpiexec over ssh,
+# DragonHPC started with `dragon --wlm ssh`.
+#
+#   eval "$(bash cluster/local_cluster.sh up 3)"    # prints `export NAME=value` lines only
+#   bash cluster/local_cluster.sh run 1 python 6_parsl_fs_producer_consumer.py ...
+#   bash cluster/local_cluster.sh status
+#   bash cluster/local_cluster.sh down               # removes everything, even after a failed up
+#
+# A node is a network, UTS (hostname nodeK), PID, IPC and mount namespace. Its first process
+# (PID 1) is an sshd. Its only interface besides lo is the veth pcc0, address 10.250.0.K/24,
+# whose other end is on a bridge in a separate "switch" network namespace: the nodes reach
+# each other and nothing else. /tmp, /dev/shm and /run are the node's own (fresh tmpfs);
+# everything else, the repository and its .venv included, is the machine's file system,
+# shared by all nodes like a parallel file system. Nothing of the machine's own is changed:
+# /etc/hosts, /etc/ssh/ssh_config and ~/.ssh are covered, inside the nodes only, by files
+# in cluster/.state. See docs/local_cluster.md.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" && pwd -P)
+REPO=$(dirname "$HERE")
+STATE=$HERE/.state
+MAX_NODES=4
+SUBNET=10.250.0            # node K is $SUBNET.K/24
+IFACE=pcc0                 # the same name in every node: one PARSL_IFACE for all
+# Dragon's front end finds its own address with a UDP connect() to this address (no packet
+# is sent); without a route to it, it stops
+DRAGON_PROBE=10.254.254.254
+# netns names are global on the machine: a tag from this clone's path keeps two clones
+# (e.g. a CI clone in /tmp and a working copy) from taking down each other's cluster
+TAG=pcc-$(printf %s "$STATE" | md5sum | cut -c1-6)
+SWITCH=$TAG-switch
+
+say() { echo "local_cluster: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+node_ns() { echo "$TAG-node$1"; }
+
+# the single-quoted form of $1, for the `export` lines that `eval` reads
+quote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
+
+# host pid of node $1's PID 1, if it is alive and is that node (a stale pid file may point
+# at an unrelated process by now); empty otherwise
+node_pid() {
+    local pid cmdline
+    pid=$(cat "$STATE/node$1/pid" 2>/dev/null) || return 0
+    [[ $pid =~ ^[0-9]+$ ]] || return 0
+    cmdline=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || return 0
+    # it names this node's sshd_config (or this script, before it becomes sshd)
+    if [[ $cmdline == *"$STATE/node$1/"* || $cmdline == *"$HERE/local_cluster.sh _node $1" ]]; then
+        echo "$pid"
+    fi
+}
+
+nodes_up() { cat "$STATE/nodes" 2>/dev/null || echo 0; }
+
+# ---------------------------------------------------------------------------------- up
+cmd_up() {
+    local n=${1:-}
+    if ! [[ $n =~ ^[1-9][0-9]*$ ]] || ((n > MAX_NODES)); then
+        die "usage: up N, with N from 1 to $MAX_NODES (got '$n')"
+    fi
+    ((EUID == 0)) || die "up needs root (it makes namespaces, mounts and network devices)"
+    local tool
+    for tool in ip unshare nsenter mount mountpoint md5sum python3; do
+        command -v "$tool" >/dev/null || die "up needs '$tool', which is not on PATH"
+    done
+    # everything a node is made of, tried once in a throw-away process
+    unshare --net --uts --ipc --mount --pid --fork true 2>/dev/null ||
+        die "cannot make namespaces here (unshare --net --uts --ipc --mount --pid failed)"
+    need_sshd
+    [[ $REPO =~ ^[A-Za-z0-9_./-]+$ ]] ||
+        die "the repository path '$REPO' has characters other than letters, digits and _./- (sshd and Parsl configs cannot quote them)"
+    [[ -f /etc/ssh/ssh_config ]] || die "no /etc/ssh/ssh_config to cover in the nodes"
+    # mkdir is the lock: of two ups at once, one goes on
+    if [[ $(ip netns list) == *"$TAG-"* ]] || ! mkdir -m 0700 "$STATE" 2>/dev/null; then
+        die "a cluster is up already (or left from a failed up): run 'bash $HERE/local_cluster.sh down' first"
+    fi
+
+    # from here on, a failure or a signal takes down whatever was made
+    trap 'up_failed' EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM HUP
+    echo "$n" >"$STATE/nodes"
+    # `ip netns add` creates /run/netns and makes it a mount of itself: note how it was,
+    # before the first one, so that down can put it back
+    if mountpoint -q /run/netns 2>/dev/null; then echo mount
+    elif [[ -d /run/netns ]]; then echo dir
+    else echo absent
+    fi >"$STATE/run_netns"
+
+    make_files "$n"
+    make_network "$n"
+    start_nodes "$n"
+    wait_for_ssh "$n"
+
+    trap - EXIT INT TERM HUP
+    local hostfile=$STATE/hostfile
+    echo "export PBS_NODEFILE=$(quote "$hostfile")"
+    echo "export PARSL_IFACE=$(quote "$IFACE")"
+    # -t tcp: Dragon's default HSTA transport needs libfabric, which this machine lacks
+    echo "export PC_DRAGON_ARGS=$(quote "-t tcp --wlm ssh --hostfile $hostfile --network-prefix ^$IFACE\$")"
+    echo "export PC_CLUSTER_NODES=$(quote "$n")"
+    echo "export PC_CLUSTER_STATE=$(quote "$STATE")"
+    # records made on these nodes say that they share this one machine's cores and memory
+    echo "export PC_CLUSTER_HOST=$(quote "$(hostname)")"
+    say "$n node(s) up: run commands with 'bash $HERE/local_cluster.sh run K CMD...'"
+}
+
+up_failed() {
+    local status=$? started
+    trap - EXIT INT TERM HUP
+    say "up failed; taking down what was made"
+    # what this script started in the background: nodes (their unshare) and ssh checks
+    started=$(jobs -p)
+    # shellcheck disable=SC2086  # one pid per word
+    [[ -z $started ]] || kill -KILL $started 2>/dev/null || true
+    cmd_down 2>/dev/null || true
+    exit "$((status ? status : 1))"
+}
+
+# apt-get, one at a time: the tests may install packages from two processes at once
+apt_get() {
+    if [[ -d /run/lock ]]; then flock /run/lock/pc-apt.lock apt-get "$@"; else apt-get "$@"; fi
+}
+
+# Debian's openssh-server is installed when sshd is missing
+need_sshd() {
+    local install=(apt_get install -y -q openssh-server) tool
+    if ! command -v sshd >/dev/null && command -v apt-get >/dev/null; then
+        say "no sshd: installing openssh-server"
+        # a fresh machine may have no package lists yet
+        DEBIAN_FRONTEND=noninteractive "${install[@]}" >&2 ||
+            { DEBIAN_FRONTEND=noninteractive apt_get update -q >&2 &&
+              DEBIAN_FRONTEND=noninteractive "${install[@]}" >&2; } || true
+    fi
+    command -v sshd >/dev/null || die "no sshd, and 'apt-get install -y openssh-server' failed"
+    for tool in ssh ssh-keygen; do
+        command -v "$tool" >/dev/null || die "up needs '$tool' (openssh-client)"
+    done
+}
+
+# keys, the host list and the configuration files that the nodes bind over their own
+make_files() {
+    local n=$1 k dir
+    ssh-keygen -q -t ed25519 -N '' -C "pcc-client" -f "$STATE/id_ed25519"
+    # only from the cluster's network, and only for this cluster's key
+    echo "from=\"$SUBNET.*\" $(cat "$STATE/id_ed25519.pub")" >"$STATE/authorized_keys"
+    mkdir -m 0700 "$STATE/empty"            # covers ~/.ssh in the nodes
+    printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$STATE/hosts"
+    : >"$STATE/hostfile"
+    : >"$STATE/known_hosts"
+    for ((k = 1; k <= n; k++)); do
+        dir=$STATE/node$k
+        mkdir -m 0700 "$dir"
+        ssh-keygen -q -t ed25519 -N '' -C "pcc-node$k" -f "$dir/ssh_host_ed25519_key"
+        printf '%s.%s\tnode%s\n' "$SUBNET" "$k" "$k" >>"$STATE/hosts"
+        echo "node$k" >>"$STATE/hostfile"
+        echo "node$k,$SUBNET.$k $(cut -d' ' -f1,2 "$dir/ssh_host_ed25519_key.pub")" >>"$STATE/known_hosts"
+        # Dragon tells hosts apart by boot_id: each node has its own
+        cat /proc/sys/kernel/random/uuid >"$dir/boot_id"
+        cat >"$dir/sshd_config" <<EOF
+# sshd of node$k (made by local_cluster.sh): key-only root login, on the cluster network only
+ListenAddress $SUBNET.$k
+HostKey $dir/ssh_host_ed25519_key
+AuthorizedKeysFile $STATE/authorized_keys
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+# the state directory may sit below group-writable directories (e.g. a clone in /tmp)
+StrictModes no
+PidFile none
+PrintMotd no
+UseDNS no
+X11Forwarding no
+MaxStartups 100
+# the project's settings (PC_*) travel with a command, as PBS and Slurm pass them on: Dragon's
+# ssh launch passes on only PATH, PYTHONPATH and a few of its own
+AcceptEnv PC_*
+EOF
+    done
+    cat >"$STATE/ssh_config" <<EOF
+# ssh client configuration inside the nodes (made by local_cluster.sh): this cluster's key
+# and host keys only, never a question
+Host *
+    IdentityFile $STATE/id_ed25519
+    IdentitiesOnly yes
+    UserKnownHostsFile $STATE/known_hosts
+    GlobalKnownHostsFile /dev/null
+    StrictHostKeyChecking yes
+    CheckHostIP no
+    BatchMode yes
+    LogLevel ERROR
+    # not the default post-quantum key exchange: 0.28 s instead of 0.4 s a connection here
+    KexAlgorithms curve25519-sha256
+    SendEnv PC_*
+EOF
+}
+
+# the switch (a bridge in a namespace of its own) and one veth per node plugged into it
+make_network() {
+    local n=$1 k ns
+    ip netns add "$SWITCH"
+    ip -n "$SWITCH" link add pcc-br type bridge
+    ip -n "$SWITCH" link set pcc-br up
+    for ((k = 1; k <= n; k++)); do
+        ns=$(node_ns "$k")
+        ip netns add "$ns"
+        # both ends are made in the switch's namespace, then one moves into the node:
+        # nothing ever appears in the machine's own network namespace
+        ip -n "$SWITCH" link add "pcc-port$k" type veth peer name "$IFACE" netns "$ns"
+        ip -n "$SWITCH" link set "pcc-port$k" master pcc-br up
+        ip -n "$ns" link set lo up
+        if [[ -d /proc/sys/net/ipv6 ]]; then   # IPv4 only: no IPv6 link-local address
+            ip -n "$ns" link set "$IFACE" addrgenmode none
+        fi
+        ip -n "$ns" addr add "$SUBNET.$k/24" dev "$IFACE"
+        ip -n "$ns" link set "$IFACE" up
+        ip -n "$ns" route add "$DRAGON_PROBE/32" dev lo src "$SUBNET.$k"
+    done
+}
+
+start_nodes() {
+    local n=$1 k deadline starters=()
+    # the nodes start in the repository: `_node` needs its cwd there (see private_tmpfs)
+    cd "$REPO"
+    for ((k = 1; k <= n; k++)); do
+        # setsid: no terminal; --kill-child: the node dies if this unshare is killed
+        setsid nsenter --net="/run/netns/$(node_ns "$k")" \
+            unshare --uts --ipc --mount --pid --fork --kill-child \
+            bash "$HERE/local_cluster.sh" _node "$k" \
+            </dev/null >>"$STATE/node$k/log" 2>&1 &
+        starters+=("$!")
+    done
+    # each node writes its pid file once set up, just before it starts sshd
+    deadline=$((SECONDS + 20))
+    for ((k = 1; k <= n; k++)); do
+        until [[ -s $STATE/node$k/pid ]]; do
+            if ((SECONDS > deadline)) || ! kill -0 "${starters[k - 1]}" 2>/dev/null; then
+                die "node$k did not start: $(tail -n 5 "$STATE/node$k/log" 2>/dev/null)"
+            fi
+            sleep 0.02
+        done
+    done
+}
+
+# a real ssh from node1 to every node, until each answers (all at once: one takes ~0.3 s)
+wait_for_ssh() {
+    local n=$1 k pid1 checks=() failed=0
+    pid1=$(node_pid 1)
+    for ((k = 1; k <= n; k++)); do
+        ssh_until_up "$pid1" "$k" &
+        checks+=("$!")
+    done
+    for k in "${checks[@]}"; do
+        wait "$k" || failed=1
+    done
+    ((!failed)) || die "not every node answers ssh"
+}
+
+ssh_until_up() {
+    local pid1=$1 k=$2 deadline=$((SECONDS + 20)) error
+    until error=$(nsenter --target "$pid1" --mount --uts --ipc --net --pid \
+                  ssh -o ConnectTimeout=5 "node$k" true 2>&1); do
+        if [[ -z $(node_pid "$k") ]]; then
+            say "node$k stopped: $(tail -n 5 "$STATE/node$k/log" 2>/dev/null)"
+            return 1
+        fi
+        if ((SECONDS > deadline)); then
+            say "ssh node1 -> node$k failed: $error"
+            return 1
+        fi
+        sleep 0.02
+    done
+}
+
+# --------------------------------------------------------------- inside a node (PID 1)
+# `up` starts this in the node's fresh namespaces (the network one already configured);
+# it sets up the node's own mounts, then becomes the node's sshd
+node_main() {
+    local k=$1 dir=$STATE/node$1 pid _ home
+    # /proc is still the machine's here, so this is our pid as seen from outside
+    read -r pid _ </proc/self/stat
+    # nothing mounted below may leak to the machine (unshare's default, made explicit)
+    mount --make-rprivate /
+    mount -t proc proc /proc                # the processes of this node only
+    mount --bind "$dir/boot_id" /proc/sys/kernel/random/boot_id
+    mount -t sysfs sysfs /sys               # /sys/class/net: this node's interfaces
+    private_tmpfs /tmp 1777
+    private_tmpfs /dev/shm 1777
+    private_tmpfs /run 0755
+    mkdir -m 0755 /run/sshd                 # sshd's privilege separation directory
+    mount --bind "$STATE/hosts" /etc/hosts
+    mount --bind "$STATE/ssh_config" /etc/ssh/ssh_config
+    # ssh reads ~/.ssh of the passwd entry (not $HOME): the user's keys and config stay out
+    home=$(getent passwd "$(id -u)" | cut -d: -f6)
+    if [[ -d $home/.ssh ]]; then
+        mount --bind "$STATE/empty" "$home/.ssh"
+    fi
+    # sshd without PAM refuses an account locked with "!" in /etc/shadow (common for root):
+    # the node gets a copy, in its own /run, in which only key login is possible
+    if grep -q '^root:!' /etc/shadow; then
+        sed -E 's/^root:[^:]*:/root:*:/' /etc/shadow >/run/shadow
+        chmod 0640 /run/shadow
+        mount --bind /run/shadow /etc/shadow
+    fi
+    echo "node$k" >/proc/sys/kernel/hostname
+    echo "$pid" >"$dir/pid"                 # `up` waits for this file
+    # the absolute path: sshd re-executes itself for every connection
+    exec "$(command -v sshd)" -D -e -f "$dir/sshd_config"
+}
+
+# a fresh tmpfs on $1 (mode $2). If the repository is below $1 (a clone in /tmp), it would
+# be hidden: bind it back at its path. "." is the original, reached through our cwd;
+# --no-canonicalize keeps mount from turning "." into the (now hidden) path.
+private_tmpfs() {
+    mount -t tmpfs -o "mode=$2,nosuid,nodev" tmpfs "$1"
+    case $REPO/ in
+        "$1"/*) mkdir -p "$REPO" && mount --no-canonicalize --bind . "$REPO" ;;
+    esac
+}
+
+# --------------------------------------------------------------------------------- run
+cmd_run() {
+    local k=${1:-} pid here
+    if ! [[ $k =~ ^[0-9]+$ ]] || (($# < 2)); then die "usage: run K CMD [ARG...]"; fi
+    shift
+    ((k >= 1 && k <= $(nodes_up))) || die "no node$k: the cluster has $(nodes_up) node(s) up"
+    pid=$(node_pid "$k")
+    [[ -n $pid ]] || die "node$k is not running (see $STATE/node$k/log)"
+    # in a node, /tmp, /dev/shm and /run are other directories than here
+    here=$(pwd -P)
+    case $here/ in
+        "$REPO"/*) ;;
+        /tmp/* | /dev/shm/* | /run/* | /proc/* | /sys/*)
+            die "$here is not the same directory in the nodes: work in the repository (shared by all nodes) or below" ;;
+    esac
+    # Not `nsenter`: for the command to be in the node's PID namespace it must be a child of
+    # the process that joined it, and nsenter's parent neither waits out a Ctrl-C nor passes
+    # on signals. node_exec.py joins, runs the command as its child, passes signals on and
+    # exits as the command did.
+    exec python3 -I -S "$HERE/node_exec.py" "$pid" "$here" "$@"
+}
+
+# ------------------------------------------------------------------------------ status
+cmd_status() {
+    local n k pid
+    n=$(nodes_up)
+    ((n > 0)) || { echo "no cluster up"; return 0; }
+    for ((k = 1; k <= n; k++)); do
+        pid=$(node_pid "$k")
+        if [[ -n $pid ]]; then
+            echo "node$k $SUBNET.$k up: sshd pid $pid, $(ip netns pids "$(node_ns "$k")" | wc -l) process(es)"
+        else
+            echo "node$k $SUBNET.$k down"
+        fi
+    done
+}
+
+# -------------------------------------------------------------------------------- down
+cmd_down() {
+    ((EUID == 0)) || die "down needs root"
+    local ns k pid pids deadline found=0
+    # every namespace of this cluster, also those of a half-finished up
+    for ns in $(ip netns list | awk -v tag="$TAG-" 'index($1, tag) == 1 {print $1}'); do
+        found=1
+        # SIGKILL to a node's PID 1 ends its whole PID namespace; anything else still in
+        # the network namespace (a `run` waiting, a node still starting) is killed by pid
+        if [[ $ns =~ -node([0-9]+)$ ]]; then
+            pid=$(node_pid "${BASH_REMATCH[1]}")
+            [[ -z $pid ]] || kill -KILL "$pid" 2>/dev/null || true
+        fi
+        deadline=$((SECONDS + 10))
+        while pids=$(ip netns pids "$ns") && [[ -n $pids ]]; do
+            # shellcheck disable=SC2086  # one pid per word
+            kill -KILL $pids 2>/dev/null || true
+            ((SECONDS <= deadline)) || die "processes in $ns do not die: $pids"
+            sleep 0.02
+        done
+        ip netns delete "$ns"
+    done
+    restore_run_netns
+    if [[ -e $STATE ]]; then found=1; fi
+    rm -rf "$STATE"
+    if ((found)); then say "cluster down"; else say "no cluster was up"; fi
+}
+
+# put /run/netns back as it was before up, if no one else's namespaces are in it
+restore_run_netns() {
+    local before
+    before=$(cat "$STATE/run_netns" 2>/dev/null) || return 0
+    [[ $before != mount && -d /run/netns ]] || return 0
+    [[ -z $(ls -A /run/netns) ]] || return 0
+    if mountpoint -q /run/netns; then umount /run/netns; fi
+    if [[ $before == absent ]]; then rmdir /run/netns; fi
+}
+
+# -------------------------------------------------------------------------------- main
+case ${1:-} in
+    up) shift; cmd_up "$@" ;;
+    run) shift; cmd_run "$@" ;;
+    status) cmd_status ;;
+    down) cmd_down ;;
+    _node) node_main "$2" ;;
+    *) die "usage: $0 up N | run K CMD [ARG...] | status | down" ;;
+esac
