@@ -9,30 +9,19 @@ process, reads them in another (on the last node), lists the keys and destroys i
     dragon 7_dragon_ddict.py
     python 7_dragon_ddict.py        (starts the Dragon runtime itself)
 """
-import os
 import socket
 import sys
 
-try:
-    import dragon  # noqa: F401  (registers Dragon's "dragon" start method with multiprocessing)
-except ImportError:
-    print(f"{os.path.basename(sys.argv[0])}: error: DragonHPC is not installed in this Python "
-          "(source 0_activate_env.sh, or pip install dragonhpc)", file=sys.stderr)
-    sys.exit(2)
-import multiprocessing as mp
 import numpy as np
+
+import common
+import dragon_config  # exits with a one-line error where DragonHPC is not installed
 from dragon.data import DDict
-from dragon.infrastructure.policy import Policy
 from dragon.native.machine import Node, System
 from dragon.native.process import Process
 
 MIB = 2**20
 PER_NODE = 64 * MIB             # plenty for this demo; a real DDict is sized from its data
-
-
-def on(hostname: str) -> Policy:
-    """A policy that places a process on one node."""
-    return Policy(placement=Policy.Placement.HOST_NAME, host_name=hostname)
 
 
 def writer(d: DDict) -> None:
@@ -53,15 +42,15 @@ def reader(d: DDict) -> None:
 
 def run(target, d: DDict, hostname: str) -> None:
     """Start one Dragon process on `hostname`, wait for it, fail loudly if it failed."""
-    process = Process(target=target, args=(d,), policy=on(hostname))
+    process = Process(target=target, args=(d,), policy=dragon_config.on(hostname))
     process.start()
     process.join(timeout=120)
     if process.returncode != 0:
-        raise RuntimeError(f"{target.__name__} on {hostname} exited with {process.returncode}")
+        raise common.TaskFailed(f"{target.__name__} on {hostname} exited with {process.returncode}")
 
 
 def main() -> int:
-    mp.set_start_method("dragon")
+    dragon_config.init_head()       # Dragon's start method for multiprocessing, and a fix
     nodes = [Node(h) for h in System().nodes]
     hosts = [node.hostname for node in nodes]
     print(f"Dragon runtime on {len(nodes)} node(s): " + ", ".join(
@@ -69,9 +58,10 @@ def main() -> int:
         f"{node.physical_mem / 2**30:.0f} GiB)" for node in nodes))
 
     # one manager per node; total_mem is split evenly over the managers. timeout= bounds
-    # every operation (None would let a put into a full pool wait forever)
+    # every operation (None would let a put into a full pool wait forever); a busy
+    # machine gets longer
     d = DDict(managers_per_node=1, n_nodes=len(nodes), total_mem=PER_NODE * len(nodes),
-              timeout=60)
+              timeout=dragon_config.ddict_timeout_s(nodes, processes_per_node=2))
     try:
         for manager in d.stats:
             print(f"  manager {manager.manager_id} on {manager.hostname}: "
@@ -93,6 +83,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    import common                           # only the head needs it: workers stay light
-    common.run_under_dragon(__file__, sys.argv[1:])   # returns inside the Dragon runtime
-    sys.exit(main())
+    dragon_config.relaunch_under_dragon(__file__, sys.argv[1:])  # returns inside the runtime
+    dragon_config.link_head_to_launcher(interrupts=False)  # the exit status, from any node
+    common.run_workflow(main)   # errors in one line; Ctrl-C still destroys the DDict

@@ -1,6 +1,8 @@
 """7_dragon_ddict.py and 8_dragon_producer_consumer.py end to end: a real Dragon runtime
 (single node), real DDict, tiny sizes. Each run must leave no process and no /dev/shm pool."""
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +30,10 @@ def test_ddict_introduction_puts_in_one_process_and_gets_in_another(nothing_left
 @pytest.mark.parametrize("launcher", ["python", "dragon"])
 def test_ddict_workflow_moves_every_sample_exactly_once(nothing_left, launcher):
     # as the README says: `dragon 8_...`, or `python 8_...`, which restarts under dragon
-    command = [SCRIPT] if launcher == "python" else ["dragon", ROOT / SCRIPT]
+    # where Slurm is installed (CI, after test_slurm.py) but no job is running, Dragon's
+    # launcher refuses to guess without -s (`python 8_...` adds it itself)
+    single = ["--single-node-override"] if shutil.which("srun") else []
+    command = [SCRIPT] if launcher == "python" else ["dragon", *single, ROOT / SCRIPT]
     record, _ = run_end_to_end(command, nothing_left, "dragon+ddict", timeout=400)
     assert len(record["hosts"]) == 1
     assert record["devices"] == ["cpu", "cpu"] and record["kernel_sizes"] == [3, 5]
@@ -76,3 +81,20 @@ def test_a_full_ddict_fails_at_once_with_a_clear_message(nothing_left):
     [line] = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert "failed: no room left in the DDict: DDictFullError" in line
     assert not (workdir / "r.jsonl").exists()
+
+
+@pytest.mark.parametrize("path", ["one-copy", "public"])
+def test_values_of_every_size_class_round_trip_through_a_real_ddict(nothing_left, path):
+    """dragon_config.Writer puts, Reader gets in another process: every size class of the
+    value pickler (one element, not a power of two, one piece, just over, several pieces)
+    comes back equal, through the one-copy read and through Dragon's public API."""
+    env = script_env(nothing_left, **({"PC_DDICT_READ": "public"} if path == "public" else {}))
+    proc = run_script([sys.executable, ROOT / "tests" / "ddict_roundtrip.py"], cwd=nothing_left,
+                      env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [line] = [line for line in proc.stdout.splitlines() if line.startswith("ROUNDTRIP ")]
+    result = json.loads(line[len("ROUNDTRIP "):])
+    assert result["path"] == path
+    import ddict_roundtrip
+    assert [tuple(v["shape"]) for v in result["seen"]] == ddict_roundtrip.SHAPES
+    assert all(v["dtype"] == "float64" and v["equal"] for v in result["seen"]), result

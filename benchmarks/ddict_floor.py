@@ -1,0 +1,138 @@
+"""The floor under script 8's DDict reads: the same values, the same reader, nothing else.
+
+A frozen DDict (one manager per node, as script 8 makes it) holds `--num_sims` values of
+one simulation's size, put by dragon_config.Writer in a process on the runtime's last node;
+then `--readers` Dragon processes, on the first node, each get every value with
+dragon_config.Reader (the trainers' code) and time each get. No simulation, no check or
+conversion between gets, no head polling: what is left is the cost of a get itself. On
+one node that is a local get; in a runtime of several nodes (e.g. on the local cluster:
+`bash cluster/local_cluster.sh run 1 python benchmarks/ddict_floor.py ...`) every get
+crosses nodes.
+
+    python benchmarks/ddict_floor.py --num_sims 16 --grid_size 256 --readers 1,2
+    python benchmarks/ddict_floor.py ... --json out.json
+
+Prints per-get time and GB/s per reader (GB = 1e9 bytes); transport_bench.py runs it next
+to script 8 at the same sizes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import common  # noqa: E402
+import dragon_config  # noqa: E402
+
+
+def reader(d, manifest, rounds, go, out):
+    """Get every value `rounds` times; report each round's per-get times."""
+    import time
+    store = dragon_config.Reader(d)
+    out.put("ready")
+    go.get()
+    seconds = []
+    for _ in range(rounds):
+        for sim in manifest:
+            start = time.perf_counter()
+            store.get(sim)
+            seconds.append(time.perf_counter() - start)
+    out.put({"get_s": seconds, "path": store.path})
+    d.detach()
+
+
+def writer(d, num_sims, grid_size, out):
+    """Put `num_sims` copies of one simulation's pairs into this node's manager."""
+    import time
+    pairs = common.simulate(0, 50.0, grid_size, compute_time=0).pairs
+    store = dragon_config.Writer(d, 1)
+    manifest, put_s = [], 0.0
+    for index in range(num_sims):
+        start = time.perf_counter()
+        where = store.put(index, pairs)
+        put_s += time.perf_counter() - start
+        manifest.append(common.SimReport(index, 0.0, 0, pairs.nbytes, 0.0, 0.0, "", 0, where))
+    out.put((manifest, put_s))
+    d.detach()
+
+
+def measure(num_sims: int, grid_size: int, readers: int, rounds: int) -> dict:
+    from dragon.native.queue import Queue
+    from dragon.native.process import Process
+    nodes = [dragon_config.Node(h) for h in dragon_config.System().nodes]
+    hosts = [node.hostname for node in nodes]
+    nbytes = common.data_bytes(1, grid_size)
+    total, _ = dragon_config.ddict_size(num_sims, grid_size, 1)
+    d = dragon_config.DDict(1, len(nodes), total * len(nodes),
+                            timeout=dragon_config.ddict_timeout_s(nodes, readers + 1))
+    go, out = Queue(), Queue()
+    try:
+        put = Process(target=writer, args=(d, num_sims, grid_size, out),
+                      policy=dragon_config.on(hosts[-1]))
+        put.start()
+        manifest, put_s = out.get(timeout=600)
+        put.join(timeout=60)
+        d.freeze()
+        here = dragon_config.on(hosts[0])
+        procs = [Process(target=reader, args=(d, manifest, rounds, go, out), policy=here)
+                 for _ in range(readers)]
+        for p in procs:
+            p.start()
+        for _ in procs:
+            assert out.get(timeout=300) == "ready"
+        for _ in procs:
+            go.put(True)
+        results = [out.get(timeout=600) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+    finally:
+        go.destroy()
+        out.destroy()
+        d.destroy()
+    first = [r["get_s"][:num_sims] for r in results]          # each value's first read
+    per_reader = [sum(s) for s in first]
+    return {"num_sims": num_sims, "grid_size": grid_size, "readers": readers,
+            "value_bytes": nbytes, "path": results[0]["path"],
+            "reader_host": hosts[0], "manager_host": hosts[-1],
+            "put_mean_s": put_s / num_sims,
+            "get_median_s": statistics.median(x for s in first for x in s),
+            "get_mean_s": statistics.fmean(x for s in first for x in s),
+            "read_s_per_reader": per_reader,
+            "read_gbps_per_reader": nbytes * num_sims / statistics.fmean(per_reader) / common.GB,
+            "repeat_gbps_per_reader": (nbytes * num_sims * (rounds - 1)
+                                       / statistics.fmean(sum(r["get_s"][num_sims:])
+                                                          for r in results) / common.GB
+                                       if rounds > 1 else None)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num_sims", type=int, default=16)
+    parser.add_argument("--grid_size", type=int, default=256)
+    parser.add_argument("--readers", default="1", help="reader counts, comma-separated")
+    parser.add_argument("--rounds", type=int, default=2, help="reads of every value per reader")
+    parser.add_argument("--json", help="append one JSON line per measurement here")
+    args = parser.parse_args(argv)
+    dragon_config.relaunch_under_dragon(__file__, sys.argv[1:] if argv is None else argv)
+    dragon_config.init_head()
+    for readers in map(int, args.readers.split(",")):
+        result = measure(args.num_sims, args.grid_size, readers, args.rounds)
+        where = ("" if result["reader_host"] == result["manager_host"] else
+                 f" on {result['reader_host']} from {result['manager_host']}")
+        print(f"floor: {args.num_sims} x {result['value_bytes'] / 1e6:.3f} MB, {readers} "
+              f"reader(s){where}, {result['path']} path: get median {result['get_median_s'] * 1e3:.2f} ms, "
+              f"{result['read_gbps_per_reader']:.3f} GB/s per reader (first read), "
+              f"put {result['put_mean_s'] * 1e3:.2f} ms", flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

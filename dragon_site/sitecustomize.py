@@ -1,0 +1,109 @@
+"""A fix for DragonHPC 0.15, loaded by every Python process of the Dragon runtimes that 7
+and 8 start: Python imports `sitecustomize` at start-up from the first folder on
+PYTHONPATH that has one, and dragon_config.py puts this folder there. Dragon passes
+PYTHONPATH on to its processes on every node, its own transport agents included, so the
+fix reaches them too.
+
+The bug: dragon.native.queue.Queue.poll(timeout) returns at once instead of waiting up to
+`timeout` seconds for an item (it asks the channel how many messages it holds, a question
+that never waits). Loops written to wait on it spin instead:
+- every TCP transport agent (`dragon-tcp`, several per node: one for the data, one for the
+  runtime's own messages) polls its control queue with timeout=5 in a loop, through a
+  thread pool: 40-70% of a core each, all the time, measured on the 2-node local cluster;
+- a ProcessGroup's exception monitor polls with timeout=0.1: a DDict's orchestrator keeps
+  a core busy for as long as the DDict lives.
+Queue.poll then waits as documented, checking every 20 ms. Only DragonHPC 0.15 is
+patched, and only when Dragon's queue module is imported; other processes pay one import
+hook. Another sitecustomize further along the path is still run.
+"""
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import time
+
+PATCHED_VERSIONS = ("0.15",)
+POLL_EVERY_S = 0.02         # control messages wait at most this long; a sleep costs ~nothing
+QUEUE_MODULE = "dragon.native.queue"
+AGENT_MODULE = "dragon.transport.tcp.client"
+AGENT_RECV_S = 1.0          # was 0.1
+
+
+def _waiting_poll(poll):
+    def waiting_poll(self, timeout=0):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not poll(self, timeout=0):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            time.sleep(POLL_EVERY_S if left is None else min(POLL_EVERY_S, left))
+        return True
+    waiting_poll.__doc__ = poll.__doc__
+    waiting_poll.patched_by = __file__
+    return waiting_poll
+
+
+def fix(queue_module) -> bool:
+    """Make Queue.poll wait; True if this Dragon needed it (and has it now)."""
+    from importlib import metadata
+    queue = queue_module.Queue
+    if getattr(queue.poll, "patched_by", None):
+        return True
+    if not metadata.version("dragonhpc").startswith(PATCHED_VERSIONS):
+        return False
+    queue.poll = _waiting_poll(queue.poll)
+    return True
+
+
+def calm_agent(client_module) -> bool:
+    """The TCP agent's receive loop: waits of 1 s instead of 0.1 s between its checks."""
+    from importlib import metadata
+    if not metadata.version("dragonhpc").startswith(PATCHED_VERSIONS):
+        return False
+    client_module.Client.recv.__defaults__ = (AGENT_RECV_S,)
+    return True
+
+
+FIXES = {QUEUE_MODULE: fix, AGENT_MODULE: calm_agent}
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Runs a fix right after the Dragon module it fixes is first imported."""
+
+    def find_spec(self, name, path, target=None):
+        if name not in FIXES:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            FIXES[name](module)
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def install() -> None:
+    """Fix what is imported already; fix the rest as it gets imported."""
+    for name, fix_it in FIXES.items():
+        if name in sys.modules:
+            fix_it(sys.modules[name])
+    if not any(isinstance(finder, _PatchOnImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _PatchOnImport())
+
+
+def _run_next_sitecustomize() -> None:
+    """The sitecustomize this one hides (a site's or a distribution's), if any."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    rest = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
+    if spec is not None and spec.loader is not None:
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+if __name__ == "sitecustomize":
+    install()
+    _run_next_sitecustomize()

@@ -1,0 +1,70 @@
+"""Run by test_dragon_workflows.py: values of every size class through a real DDict, written
+by dragon_config.Writer and read back by dragon_config.Reader in another Dragon process.
+
+    python tests/ddict_roundtrip.py      (starts the Dragon runtime itself)
+
+Prints one line `ROUNDTRIP <json>` with what the reader saw.
+"""
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import common  # noqa: E402
+import dragon_config  # noqa: E402
+import numpy as np  # noqa: E402
+
+PIECE = dragon_config.RawPairs.PIECE
+SHAPES = [                      # float64 elements: the size classes of RawPairs.dump
+    (1,),                       # one element
+    (3, 5),                     # 120 bytes: not a power of two
+    (PIECE // 8,),              # exactly one piece
+    (PIECE // 8 + 1,),          # one piece and 8 bytes
+    (5 * PIECE // 16 + 3,),     # 2.5 pieces and 24 bytes
+    (10, 2, 48, 48),            # a simulation's pairs
+]
+
+
+def values():
+    rng = np.random.default_rng(7)
+    return [rng.standard_normal(shape) for shape in SHAPES]
+
+
+def reader(d, manifest, out):
+    store = dragon_config.Reader(d)
+    seen = []
+    for sim, expected in zip(manifest, values()):
+        got = store.get(sim)
+        seen.append({"shape": list(got.shape), "dtype": str(got.dtype),
+                     "equal": bool(np.array_equal(got, expected))})
+        del got                 # the next get reuses the array
+    out.put({"path": store.path, "seen": seen})
+    d.detach()
+
+
+def main() -> int:
+    dragon_config.relaunch_under_dragon(__file__, sys.argv[1:])
+    from dragon.native.process import Process
+    from dragon.native.queue import Queue
+    dragon_config.init_head()
+    d = dragon_config.DDict(1, 1, 256 * 2**20, timeout=60)
+    out = Queue()
+    try:
+        writer = dragon_config.Writer(d, 1)
+        manifest = [common.SimReport(i, 0.0, 0, v.nbytes, 0.0, 0.0, "", 0, writer.put(i, v))
+                    for i, v in enumerate(values())]
+        d.freeze()
+        process = Process(target=reader, args=(d, manifest, out))
+        process.start()
+        result = out.get(timeout=120)
+        process.join(timeout=60)
+        print("ROUNDTRIP " + json.dumps(result), flush=True)
+    finally:
+        out.destroy()
+        d.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The workflows across the nodes of the local cluster (cluster/local_cluster.sh), for real:
+DragonHPC launched over ssh on 2 nodes (7, and 8 started both ways), and what happens when a
+worker on node 2 is killed or the head on node 1 gets Ctrl-C (8 and 6): the run ends with a
+clear message within 60 s and no node keeps a process or a /dev/shm file.
+
+Skipped where namespaces cannot be made (see conftest.local_cluster)."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from conftest import CLUSTER_SCRIPT, ROOT, TINY, leftover_processes, read_records
+
+INTRO = "7_dragon_ddict.py"
+DDICT = "8_dragon_producer_consumer.py"
+FS = "6_parsl_fs_producer_consumer.py"
+
+
+@pytest.fixture
+def two(local_cluster):
+    return local_cluster(2)
+
+
+def leftovers(cluster) -> dict:
+    """cluster.leftovers(), but Dragon's network-configuration cache: after an ssh launch
+    Dragon 0.15 leaves /tmp/dragon-<host id>-<salt> on each node (dragon_config makes the
+    salt fixed, so that it stays one small file a node)."""
+    found = {}
+    for node, names in cluster.leftovers().items():
+        names = [n for n in names if not re.fullmatch(r"dragon-\d+-\w+", n)]
+        if names:
+            found[node] = names
+    return found
+
+
+def nothing_left_on(cluster, workdir, seconds=30):
+    """Within `seconds`: no node keeps a process (but its sshd), a /dev/shm or /tmp entry."""
+    deadline = time.monotonic() + seconds
+    while (leftovers(cluster) or leftover_processes(workdir)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert leftovers(cluster) == {} and leftover_processes(workdir) == []
+
+
+def run_args(workdir, *args):
+    return [*TINY, *map(str, args), "--data_dir", str(workdir / "data"),
+            "--results_file", str(workdir / "r.jsonl")]
+
+
+def test_ddict_introduction_puts_on_one_node_and_gets_on_the_other(two, cluster_workdir):
+    started = time.monotonic()
+    proc = two.run(1, [INTRO], cwd=cluster_workdir, timeout=600)
+    print(f"7 on 2 nodes: {time.monotonic() - started:.1f} s")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "Dragon runtime on 2 node(s)" in out
+    assert {line.split(" on ")[1].split(":")[0] for line in out.splitlines()
+            if line.startswith("  manager ") and " on " in line} == {"node1", "node2"}
+    [line] = [line for line in out.splitlines() if "got 'hello from the writer on " in line]
+    reader_host = line.split("reader on ")[1].split()[0]
+    writer_host = line.split("writer on ")[1].split("'")[0]
+    assert {reader_host, writer_host} == {"node1", "node2"}       # across the nodes
+    assert "DDict destroyed" in out
+    assert sorted(os.listdir(cluster_workdir)) == ["data"]
+    nothing_left_on(two, cluster_workdir)
+
+
+def check_two_node_record(record, nodes, trainers_per_node):
+    """What a DDict run over every node of the cluster must show."""
+    assert record["integrity_ok"] is True and record["num_nodes"] == 2
+    assert sorted(record["hosts"]) == nodes
+    assert record["nodes_share_machine"]                        # labelled as one machine
+    assert sorted(set(record["sim_hosts"])) == nodes
+    assert Counter(record["trainer_hosts"]) == {node: trainers_per_node for node in nodes}
+    ddict = record["ddict"]
+    assert ddict["managers"] == 2 and sorted(ddict["manager_hosts"]) == nodes
+    # one value per simulation, half on each node: every trainer gets half of what it
+    # reads from the other node
+    assert ddict["keys_per_manager"] == [record["num_sims"] // 2] * 2
+    assert ddict["queue_poll_fixed"] is True and ddict["runtime_fixed"] is True
+
+
+@pytest.mark.parametrize("launch", ["python", "dragon"])
+def test_ddict_workflow_uses_every_node(two, cluster_workdir, launch):
+    """2 trainers on 2 nodes: 1 per node; simulations on both; one manager per node."""
+    args = run_args(cluster_workdir, "--num_sims", 8, "--num_trainers", 2)
+    env = None
+    if launch == "python":          # the script starts Dragon itself, with $PC_DRAGON_ARGS
+        argv = [DDICT, *args]
+    else:                           # as a user types it; dragon_site/ brings the 0.15 fix
+        argv = ["dragon", *two.exports["PC_DRAGON_ARGS"].split(), str(ROOT / DDICT), *args]
+        env = dict(two.env, PC_TEST_RUN=str(cluster_workdir),
+                   PYTHONPATH=f"{ROOT / 'dragon_site'}:{ROOT}")
+    started = time.monotonic()
+    proc = two.run(1, argv, cwd=cluster_workdir, timeout=600, env=env)
+    wall_s = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [record] = read_records(cluster_workdir / "r.jsonl")
+    print(f"8 ({launch}) on 2 nodes: {wall_s:.1f} s wall, start-up {record['startup_s']:.1f} s "
+          f"(DDict {record['ddict_create_s']:.1f} s)")
+    check_two_node_record(record, two.nodes, trainers_per_node=1)
+    assert (record["runtime_startup_s"] is None) == (launch == "dragon")
+    assert os.listdir(cluster_workdir / "data") == []
+    nothing_left_on(two, cluster_workdir)
+
+
+def start(cluster, argv, workdir) -> subprocess.Popen:
+    """`local_cluster.sh run 1 python SCRIPT ARGS` in the background, its output piped."""
+    env = dict(cluster.env, PC_TEST_RUN=str(workdir))
+    return subprocess.Popen(["bash", str(CLUSTER_SCRIPT), "run", "1", sys.executable,
+                             str(ROOT / argv[0]), *argv[1:]], cwd=workdir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_line(proc, text, timeout=300):
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        if text in line:
+            return
+        assert time.monotonic() < deadline, f"no line with {text!r}"
+    raise AssertionError(f"the run ended before printing {text!r}: {proc.stderr.read()}")
+
+
+# the simulations take 16 x 2 s / (2 nodes x 2 workers) = 8 s: time to strike
+SLOW = ["--num_sims", 16, "--num_trainers", 2, "--compute_time", "0.2"]
+# processes are named by dragon_config.reporting and parsl_config's warm-up
+WORKERS_ON_NODE_2 = {DDICT: "^pc: simulator", FS: "^pc: simulators worker"}
+
+
+@pytest.mark.parametrize("strike", ["SIGKILL of a worker on node 2", "Ctrl-C of the head"])
+@pytest.mark.parametrize("script", [DDICT, FS])
+def test_a_run_struck_across_nodes_ends_clearly_and_cleans_up_every_node(
+        two, cluster_workdir, script, strike):
+    proc = start(two, [script, *run_args(cluster_workdir, *SLOW)], cluster_workdir)
+    try:
+        wait_for_line(proc, "ready after" if script == DDICT else "warm after")
+        if strike.startswith("Ctrl-C"):
+            time.sleep(1)
+            proc.send_signal(signal.SIGINT)     # `run` passes it on to the head in node 1
+        else:
+            killed = two.run(2, ["pkill", "-KILL", "-f", WORKERS_ON_NODE_2[script]],
+                             cwd=cluster_workdir, timeout=60)
+            assert killed.returncode == 0, "no worker to kill on node 2"
+        started = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        ended_s = time.monotonic() - started
+    finally:
+        proc.kill()
+    print(f"{script}: ended {ended_s:.1f} s after the {strike}")
+    if strike.startswith("Ctrl-C"):
+        assert proc.returncode == 130, out + err
+        assert "interrupted (SIGINT); cleaned up" in out + err
+    else:
+        assert proc.returncode == 1, out + err
+        # Dragon's multi-node launcher prints the head's stderr on its stdout
+        [line] = [line for line in (out + err).splitlines() if "error:" in line]
+        assert "failed" in line or "died" in line, line
+    assert not (cluster_workdir / "r.jsonl").exists()
+    assert os.listdir(cluster_workdir / "data") == []
+    nothing_left_on(two, cluster_workdir, seconds=60)
