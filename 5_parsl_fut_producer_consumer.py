@@ -1,4 +1,4 @@
-"""Producer-consumer workflow with Parsl, data passed by value through futures.
+"""Producer-consumer workflow with Parsl, data passed through futures: by value, or by proxy.
 
 Each simulation task returns its pairs (a common.SimData: one contiguous float64 array)
 as the app's return value, so Parsl pickles them in the worker and ships them through
@@ -6,7 +6,13 @@ the interchange to the head process. Each trainer task receives ALL the simulati
 data as arguments, so the head pickles everything again and ships one copy per trainer.
 No file system and no data store: the head process is the hub every byte goes through.
 
+With --proxystore CONNECTOR the same two functions run, wrapped (proxystore_config.ByProxy):
+the arrays go into a ProxyStore store (redis, file or zmq) where they are made, and
+only small proxies travel through Parsl; each trainer's wrapper resolves them from the
+store before the trainer's body runs. See docs/proxystore.md.
+
     python 5_parsl_fut_producer_consumer.py --num_sims 32 --grid_size 512
+    python 5_parsl_fut_producer_consumer.py --num_sims 32 --grid_size 512 --proxystore redis
 
 What the IO times include (also written into the record, see IO_INCLUDES):
   simulation: from the end of its compute in the worker to the arrival of its result in
@@ -21,6 +27,7 @@ from parsl.serialize import deserialize, pack_apply_message, serialize, unpack_a
 
 import common
 import parsl_config
+import proxystore_config
 
 TRANSPORT = "parsl+futures"
 
@@ -39,8 +46,6 @@ IO_INCLUDES = {
                            "training phase, outside every phase: the pickling part of the above",
 }
 
-
-@python_app(executors=[parsl_config.SIMULATORS])
 def simulation(index, period, grid_size, compute_time):
     """Simulate and return the data itself; Parsl carries it back to the head."""
     import time
@@ -51,7 +56,6 @@ def simulation(index, period, grid_size, compute_time):
     return sim, report, time.time()     # the transfer starts as soon as we return
 
 
-@python_app(executors=[parsl_config.TRAINERS])
 def trainer(rank, kernel_size, manifest, sims, grid_size, num_trainers, cpu_threads, epochs,
             submitted_at):
     """Receive every simulation's data as arguments, check it, then train."""
@@ -63,9 +67,19 @@ def trainer(rank, kernel_size, manifest, sims, grid_size, num_trainers, cpu_thre
     pairs_of = {sim.index: sim.pairs for sim in sims}
     for report in common.reading_order(manifest, rank, num_trainers):
         data.add(report.index, pairs_of[report.index])
-    del sims, pairs_of                  # keep only the float32 copy while training
+    del sims, pairs_of                  # our names; Parsl holds the arguments until we return
     return common.train(data, rank, kernel_size, arrived_at - submitted_at, cpu_threads,
                         epochs)
+
+
+def apps(store=None):
+    """The two functions as Parsl apps: as they are (by value), or wrapped so that their
+    arrays travel through `store` and only proxies through Parsl. The bodies are the same."""
+    def wrap(function):
+        return function if store is None else proxystore_config.ByProxy(function, store)
+
+    return (python_app(wrap(simulation), executors=[parsl_config.SIMULATORS]),
+            python_app(wrap(trainer), executors=[parsl_config.TRAINERS]))
 
 
 def serialization_probe(result, trainer_args) -> dict:
@@ -82,8 +96,7 @@ def serialization_probe(result, trainer_args) -> dict:
     packed, result_ser = timed(serialize, result)
     _, result_deser = timed(deserialize, packed)
     result_bytes = len(packed)
-    packed, args_ser = timed(pack_apply_message, trainer.func, trainer_args,
-                             {"submitted_at": 0.0})
+    packed, args_ser = timed(pack_apply_message, trainer, trainer_args, {"submitted_at": 0.0})
     _, args_deser = timed(unpack_apply_message, packed)
     return {"sim_result_bytes": result_bytes, "sim_result_serialize_s": result_ser,
             "sim_result_deserialize_s": result_deser, "trainer_args_bytes": len(packed),
@@ -92,25 +105,45 @@ def serialization_probe(result, trainer_args) -> dict:
 
 def main(argv=None) -> int:
     parser = common.make_parser(__doc__.splitlines()[0])
-    # each byte exists ~5 times per trainer on the way (pickles in head, interchange and
-    # worker, the unpickled float64, the float32 copy), so check memory with that factor
-    args = common.check_args(parser, parser.parse_args(argv), copies_per_trainer=5.0)
+    proxystore_config.add_argument(parser)
+    args = parser.parse_args(argv)
+    # by value each byte exists ~5 times per trainer on the way (pickles in head, interchange
+    # and worker, the unpickled float64, the float32 copy); by proxy 1.5 (float64 and float32),
+    # and the store's copy is checked apart
+    args = common.check_args(parser, args, copies_per_trainer=5.0 if args.proxystore is None
+                             else proxystore_config.COPIES_PER_TRAINER)
+    proxystore_config.check_args(parser, args)
+    transport = TRANSPORT if args.proxystore is None else f"parsl+proxystore-{args.proxystore}"
     phases = common.Phases()
-    # leaving these blocks, also on an error or Ctrl-C, stops the workers and removes
-    # Parsl's run files
-    with common.run_directory(args.data_dir, "fut", args.keep_data) as run_dir, \
-            parsl_config.workflow(run_dir, args.num_sims, args.num_trainers) as layout:
-        common.log(f"{TRANSPORT}: {layout}, warm after {phases.lap('startup'):.2f} s")
+    # leaving these blocks, also on an error or Ctrl-C, stops the workers, empties and stops
+    # the store, and removes Parsl's run files
+    value_bytes = common.data_bytes(1, args.grid_size)
+    with common.run_directory(args.data_dir, "fut" if args.proxystore is None
+                              else f"ps-{args.proxystore}", args.keep_data) as run_dir, \
+            proxystore_config.open_store(args.proxystore, run_dir,
+                                         common.node_hosts()[:args.num_nodes],
+                                         value_bytes) as store, \
+            parsl_config.workflow(run_dir, args.num_sims, args.num_trainers,
+                                  args.num_nodes) as layout:
+        if store is not None:       # every worker imports ProxyStore and connects, once
+            proxystore_config.warm_up(store, {
+                parsl_config.SIMULATORS: layout.sim_workers * len(layout.hosts),
+                parsl_config.TRAINERS: layout.trainer_workers * len(layout.hosts)})
+        common.log(f"{transport}: {layout}, warm after {phases.lap('startup'):.2f} s"
+                   + ("" if store is None else f"; store: {proxystore_config.describe(store)}"))
+        simulation_app, trainer_app = apps(store)
 
         # a done-callback runs in the head the moment a result has arrived and been unpickled
         arrived_at = {}
         periods = common.wave_periods(args.num_sims)
         futures = []
         for i in range(args.num_sims):
-            future = simulation(i, periods[i], args.grid_size, args.compute_time)
+            future = simulation_app(i, periods[i], args.grid_size, args.compute_time)
             future.add_done_callback(lambda _, i=i: arrived_at.setdefault(i, time.time()))
             futures.append(future)
         results = common.results_of(futures, "simulation")
+        if store is not None:
+            results, sim_splits = proxystore_config.unwrap(results)
         common.log(f"{len(results)} simulations done in {phases.lap('simulation'):.2f} s")
         sims = [sim for sim, _, _ in results]
         manifest = [dataclasses.replace(report, io_s=arrived_at[report.index] - sent_at)
@@ -120,9 +153,11 @@ def main(argv=None) -> int:
             return (rank, common.kernel_size_for(rank, args.kernel_sizes), manifest, sims,
                     args.grid_size, args.num_trainers, layout.cpu_threads, args.epochs)
 
-        futures = [trainer(*trainer_args(rank), submitted_at=time.time())
+        futures = [trainer_app(*trainer_args(rank), submitted_at=time.time())
                    for rank in range(args.num_trainers)]
         trainers = common.results_of(futures, "trainer")
+        if store is not None:
+            trainers, train_splits = proxystore_config.unwrap(trainers)
         common.log(f"{len(trainers)} trainers done in {phases.lap('training'):.2f} s")
 
         probe = serialization_probe(results[0], trainer_args(0))
@@ -133,11 +168,19 @@ def main(argv=None) -> int:
                    f"trainer's arguments ({probe['trainer_args_bytes']:,} bytes) "
                    f"{probe['trainer_args_serialize_s']:.3f} s / "
                    f"{probe['trainer_args_deserialize_s']:.3f} s")
+        extra = {}
+        if store is not None:       # nothing may stay in the store after the run
+            split = proxystore_config.record(store, args.proxystore, sim_splits, train_splits,
+                                             proxystore_config.evict(store, sims))
+            phases.lap("evict")
+            extra = {"proxystore": split}
         del results, sims
     phases.lap("shutdown")
-    record = common.make_record(args, TRANSPORT, manifest, trainers, phases, hosts=layout.hosts,
-                                io_includes=IO_INCLUDES, serialization_probe=probe,
-                                kept_run_dir=run_dir if args.keep_data else None)
+    record = common.make_record(args, transport, manifest, trainers, phases, hosts=layout.hosts,
+                                io_includes=IO_INCLUDES if store is None
+                                else proxystore_config.io_includes(IO_INCLUDES),
+                                serialization_probe=probe,
+                                kept_run_dir=run_dir if args.keep_data else None, **extra)
     return common.finish(record, args.results_file)
 
 
