@@ -12,8 +12,14 @@
 # visible, pip adds what requirements.txt pins and conda lacks) in .venv-polaris next to this
 # file the first time, and activates it; then it puts what Parsl and Dragon need on PATH.
 #
+# Anywhere else (a Slurm machine such as Perlmutter, a login node or inside a job) it is the
+# local set-up. The environment is made with python3 when that is 3.10 or newer; an older
+# one (the system Python of many HPC machines) is passed over for the site's Python module
+# (`module load python`) where there is a `module` command.
+#
 # PC_VENV=/path     where the virtual environment lives (both cases)
 # PC_SITE=polaris   force the Polaris set-up; PC_SITE=local force the local one
+# PC_PYTHON=/path   the Python to create the local environment with (default: see above)
 #
 # Dragon on several Polaris nodes: its DDict uses RDMA (Slingshot, through libfabric) only
 # after you tell it once, per environment, where the Cray libfabric is:
@@ -126,8 +132,30 @@ _pc_polaris_env() {
     return 0
 }
 
+# true if $1 is a Python this project runs on (3.10+)
+_pc_recent_python() {
+    "$1" -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1
+}
+
 _pc_setup_local() {
-    _pc_make_env python3 "${PC_VENV:-$_pc_root/.venv}"
+    local venv=${PC_VENV:-$_pc_root/.venv} python=${PC_PYTHON:-python3}
+    if [[ ! -x $venv/bin/python ]]; then       # only the first time: which Python to build on
+        if ! _pc_recent_python "$python" && [[ -z ${PC_PYTHON:-} ]] &&
+           [[ "$(type -t module)" == function ]]; then
+            # module functions read unset variables: a caller's -u must not kill us
+            local had_u=0
+            [[ $- == *u* ]] && had_u=1 && set +u
+            module load python >/dev/null 2>&1 &&
+                echo "0_activate_env.sh: python3 is older than 3.10; loaded the site's python module" >&2
+            [[ $had_u -eq 1 ]] && set -u
+        fi
+        if ! _pc_recent_python "$python"; then
+            echo "0_activate_env.sh: $python is missing or older than 3.10; set PC_PYTHON to a" \
+                 "Python 3.10+ (or load one, e.g. module load python)" >&2
+            return 1
+        fi
+    fi
+    _pc_make_env "$python" "$venv"
 }
 
 if _pc_on_polaris; then
@@ -139,7 +167,8 @@ else
     _pc_setup_local
 fi
 _pc_status=$?
-unset -f _pc_on_polaris _pc_make_env _pc_setup_polaris _pc_polaris_env _pc_setup_local
+unset -f _pc_on_polaris _pc_make_env _pc_setup_polaris _pc_polaris_env _pc_setup_local \
+    _pc_recent_python
 [[ $_pc_status -eq 0 ]] || echo "0_activate_env.sh: set-up failed (status $_pc_status)" >&2
 if [[ "${BASH_SOURCE[0]:-}" == "$0" ]]; then
     # run, not sourced: the environment dies with this process

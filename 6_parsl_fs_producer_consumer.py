@@ -63,7 +63,8 @@ def main(argv=None) -> int:
     phases = common.Phases()
     # leaving these blocks, also on an error or Ctrl-C, stops the workers and removes the data
     with common.run_directory(args.data_dir, "fs", args.keep_data) as run_dir, \
-            parsl_config.workflow(run_dir, args.num_sims, args.num_trainers) as layout:
+            parsl_config.workflow(run_dir, args.num_sims, args.num_trainers,
+                                  args.num_nodes) as layout:
         common.log(f"{TRANSPORT}: {layout}, warm after {phases.lap('startup'):.2f} s; "
                    f"data in {run_dir}")
 

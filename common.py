@@ -24,8 +24,9 @@ from importlib import metadata
 from typing import Iterable, Sequence
 
 import numpy as np
-import torch
-from torch import nn
+
+# torch is imported where a trainer needs it, not here: simulation workers and the head
+# never load it (2.6 s of CPU and 0.2 GB of memory per process on the development machine)
 
 STEPS = 10                      # time steps per simulation (the spec's loop)
 PERIODS = (40.0, 80.0)          # range of the wave periods swept by the ensemble
@@ -144,6 +145,7 @@ class TrainingData:
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and outputs as [S, 1, N, N] float32 views (no copy); raises if anything is missing."""
+        import torch
         missing = sorted(set(self._slot) - self._received)
         if missing:
             raise IntegrityError(f"{len(missing)} simulation(s) never arrived, e.g. {missing[:5]}")
@@ -159,23 +161,38 @@ def reading_order(manifest: Sequence[SimReport], rank: int, num_trainers: int) -
 
 
 # --------------------------------------------------------------------------- model and trainer
-class SimpleCNN(nn.Module):
-    """Autoregressive CNN: u(t) on an N x N grid -> u(t + dt) on the same grid."""
+def _define_simple_cnn():
+    import torch
+    from torch import nn
 
-    def __init__(self, kernel_size: int = 3):
-        super().__init__()
-        # encoder extracts spatial features, decoder maps them back to one channel
-        self.conv1 = nn.Conv2d(1, 8, kernel_size=kernel_size, padding="same")
-        self.conv2 = nn.Conv2d(8, 16, kernel_size=kernel_size, padding="same")
-        self.conv3 = nn.Conv2d(16, 8, kernel_size=kernel_size, padding="same")
-        self.conv4 = nn.Conv2d(8, 1, kernel_size=kernel_size, padding="same")
-        self.relu = nn.ReLU()
+    class SimpleCNN(nn.Module):
+        """Autoregressive CNN: u(t) on an N x N grid -> u(t + dt) on the same grid."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.conv1(x))
-        x = self.relu(self.conv2(x))
-        x = self.relu(self.conv3(x))
-        return self.conv4(x)    # linear last layer: the field takes any real value
+        def __init__(self, kernel_size: int = 3):
+            super().__init__()
+            # encoder extracts spatial features, decoder maps them back to one channel
+            self.conv1 = nn.Conv2d(1, 8, kernel_size=kernel_size, padding="same")
+            self.conv2 = nn.Conv2d(8, 16, kernel_size=kernel_size, padding="same")
+            self.conv3 = nn.Conv2d(16, 8, kernel_size=kernel_size, padding="same")
+            self.conv4 = nn.Conv2d(8, 1, kernel_size=kernel_size, padding="same")
+            self.relu = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.relu(self.conv1(x))
+            x = self.relu(self.conv2(x))
+            x = self.relu(self.conv3(x))
+            return self.conv4(x)    # linear last layer: the field takes any real value
+
+    SimpleCNN.__qualname__ = "SimpleCNN"
+    return SimpleCNN
+
+
+def __getattr__(name: str):
+    """common.SimpleCNN, the model, is defined on first use (it needs torch; see the imports)."""
+    if name == "SimpleCNN":
+        globals()[name] = _define_simple_cnn()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclasses.dataclass
@@ -197,17 +214,19 @@ class TrainReport:
 
 def pick_device() -> torch.device:
     """CUDA when the process sees a GPU (the launcher pins one per trainer), else CPU."""
+    import torch
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def train_epoch(inputs: torch.Tensor, outputs: torch.Tensor, kernel_size: int,
                 device: torch.device | None = None, seed: int = 0) -> tuple[float, int, float]:
     """One epoch of Adam (lr 1e-3) on the MSE, batches of 4, shuffled. Returns (loss, samples, seconds)."""
+    import torch
     start = time.perf_counter()
     device = device or pick_device()
     torch.manual_seed(seed)
-    model = SimpleCNN(kernel_size=kernel_size).to(device)
-    loss_fn = nn.MSELoss()
+    model = __getattr__("SimpleCNN")(kernel_size=kernel_size).to(device)
+    loss_fn = torch.nn.MSELoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs, outputs),
                                          batch_size=4, shuffle=True)
@@ -231,6 +250,7 @@ def train(data: TrainingData, rank: int, kernel_size: int, io_s: float,
 
     epochs=0 stops after the data arrived and passed the check: a transfer-only measurement.
     """
+    import torch
     device = pick_device()
     if device.type == "cpu" and cpu_threads > 0:
         torch.set_num_threads(cpu_threads)   # trainers sharing a CPU must not oversubscribe it
@@ -281,12 +301,74 @@ def pbs_hosts() -> list[str]:
         return list(dict.fromkeys(line.strip() for line in f if line.strip()))
 
 
+def in_slurm_job() -> bool:
+    """True inside a Slurm allocation (sbatch, salloc, or srun outside either)."""
+    return bool(os.environ.get("SLURM_JOB_ID")
+                and (os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")))
+
+
+def expand_hostlist(hostlist: str) -> list[str]:
+    """Slurm's compressed host list ("nid[001-003,007],login1") as host names, in order.
+
+    What `scontrol show hostnames` does, for when scontrol cannot be run.
+    """
+    names, depth, start = [], 0, 0
+    for i, char in enumerate(hostlist + ","):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            names += _expand_host(hostlist[start:i].strip())
+            start = i + 1
+    return [name for name in names if name]
+
+
+def _expand_host(pattern: str) -> list[str]:
+    """One entry of a host list: its first [ranges] expanded, the rest recursively."""
+    import re
+    match = re.match(r"([^\[]*)\[([^\]]*)\](.*)$", pattern)
+    if not match:
+        return [pattern]
+    prefix, ranges, rest = match.groups()
+    names = []
+    for part in ranges.split(","):
+        low, _, high = part.partition("-")
+        width = len(low)                    # nid[001-003]: the numbers keep their zeros
+        for number in range(int(low), int(high or low) + 1):
+            names += [f"{prefix}{number:0{width}d}{tail}" for tail in _expand_host(rest)]
+    return names
+
+
+def slurm_hosts() -> list[str]:
+    """The hosts of the Slurm allocation, in order; [] outside a Slurm job."""
+    if not in_slurm_job():
+        return []
+    import subprocess
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ["SLURM_NODELIST"]
+    scontrol = shutil.which("scontrol")
+    if scontrol:
+        try:
+            out = subprocess.run([scontrol, "show", "hostnames", nodelist],
+                                 capture_output=True, text=True, timeout=60)
+            if out.returncode == 0 and out.stdout.split():
+                return list(dict.fromkeys(out.stdout.split()))
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return list(dict.fromkeys(expand_hostlist(nodelist)))
+
+
 def node_hosts() -> list[str]:
-    """Hosts this run may use: the PBS allocation's, or just this machine."""
-    return pbs_hosts() or [socket.gethostname()]
+    """Hosts this run may use: the Slurm or PBS allocation's, or just this machine.
+
+    Slurm first: a job submitted from the local cluster (cluster/local_cluster.sh) also
+    inherits the cluster's PBS_NODEFILE, and the allocation is what it was given.
+    """
+    return slurm_hosts() or pbs_hosts() or [socket.gethostname()]
 
 
 def gpus_per_node() -> int:
+    import glob
+    if not glob.glob("/dev/nvidia[0-9]*") and not os.path.exists("/dev/kfd"):
+        return 0                    # no GPU device at all: no need to load torch to know
+    import torch
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
@@ -362,6 +444,8 @@ def make_parser(description: str) -> OneLineParser:
     parser.add_argument("--epochs", type=non_negative_int, default=1,
                         help="training epochs per trainer (0 = move and check the data only, "
                              "as the benchmark does)")
+    parser.add_argument("--num_nodes", type=positive_int, default=None,
+                        help="nodes to use: the first N of the allocation (default: all of them)")
     parser.add_argument("--data_dir", default=".",
                         help="existing directory under which the run's own data directory is made")
     parser.add_argument("--keep_data", action="store_true",
@@ -397,11 +481,21 @@ def _can_append_to(path: str) -> bool:
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
-               num_nodes: int = 1, copies_per_trainer: float = 0.5) -> argparse.Namespace:
+               available_nodes: int | None = None,
+               copies_per_trainer: float = 0.5) -> argparse.Namespace:
     """Refuse what cannot work, in one line, before any executor, runtime or file exists.
 
-    `copies_per_trainer`: bytes each trainer holds per byte produced (0.5 = the float32 copy).
+    `available_nodes`: the allocation's nodes (default: node_hosts()); --num_nodes picks the
+    first of them. `copies_per_trainer`: bytes each trainer holds per byte produced (0.5 =
+    the float32 copy).
     """
+    available_nodes = available_nodes or len(node_hosts())
+    if args.num_nodes is None:
+        args.num_nodes = available_nodes
+    elif args.num_nodes > available_nodes:
+        parser.error(f"argument --num_nodes: {args.num_nodes} nodes asked for, but the "
+                     f"allocation has {available_nodes}")
+    num_nodes = args.num_nodes
     if args.num_trainers is None:
         args.num_trainers = gpus_per_node() * num_nodes or CPU_TRAINERS
     largest_kernel = max(args.kernel_sizes)
@@ -475,6 +569,8 @@ def make_record(args: argparse.Namespace, transport: str, sims: Sequence[SimRepo
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "num_nodes": len(hosts),
         "hosts": list(hosts),
+        # the machine that the nodes of cluster/local_cluster.sh share (None: real nodes)
+        "nodes_share_machine": os.environ.get("PC_CLUSTER_HOST"),
         "num_sims": args.num_sims,
         "grid_size": args.grid_size,
         "steps_per_sim": STEPS,
@@ -564,6 +660,9 @@ def run_directory(base: str, transport: str, keep: bool = False):
     error or Ctrl-C too) unless `keep`. Nothing outside it is ever deleted."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = tempfile.mkdtemp(prefix=f"pc-{transport}-{stamp}-", dir=base)
+    # torch makes a cache folder in /tmp at the first training step; the workers, on every
+    # node, inherit this, so it lives and goes with the run, also where a worker was killed
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(path, "torch")
     try:
         yield path
     finally:
@@ -589,10 +688,30 @@ def maybe_inject_failure(kind: str, index: int) -> None:
         raise RuntimeError(f"failure injected through {FAIL_ENV}={kind}:{index}")
 
 
+class Progress:
+    """While a phase runs, a line such as `simulations 12/32 done` at most every `every` s."""
+
+    def __init__(self, what: str, total: int, every: float = 5.0):
+        self.what, self.total, self.every = what, total, every
+        self._last = time.monotonic()
+
+    def update(self, done: int) -> None:
+        if done < self.total and time.monotonic() - self._last >= self.every:
+            log(f"{self.what} {done}/{self.total} done")
+            self._last = time.monotonic()
+
+
 def results_of(futures: Sequence, kind: str) -> list:
-    """Wait for futures; on the first that fails, stop waiting and say which task it was."""
+    """Wait for futures, saying how many are done as they go; on the first that fails,
+    stop waiting and say which task it was."""
     from concurrent.futures import FIRST_EXCEPTION, wait
-    wait(futures, return_when=FIRST_EXCEPTION)
+    progress = Progress(f"{kind}s", len(futures))
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=progress.every, return_when=FIRST_EXCEPTION)
+        if any(future.exception() is not None for future in done):
+            break
+        progress.update(len(futures) - len(pending))
     for number, future in enumerate(futures):
         if future.done() and future.exception() is not None:
             error = future.exception()
@@ -602,21 +721,32 @@ def results_of(futures: Sequence, kind: str) -> list:
 
 _signals: list[str] = []     # SIGINT/SIGTERM received by run_workflow's handler, in order
 _deferred = False           # see defer_interrupts()
+_control = {}               # see control_files()
 
 
 def defer_interrupts() -> None:
     """From now on a first Ctrl-C or SIGTERM is only noted, and raised as KeyboardInterrupt
     by raise_if_interrupted(), where the caller knows it is safe.
 
-    For Dragon's head process: an exception in the middle of one of Dragon's request/reply
-    exchanges (e.g. a ProcessGroup query) leaves the reply to be read by the next request,
-    and the clean-up then fails.
+    For a head process that talks to a runtime in request/reply exchanges (Dragon's): an
+    exception in the middle of one leaves the reply to be read by the next request, and the
+    clean-up then fails.
     """
     global _deferred
     _deferred = True
 
 
+def control_files(interrupt: str, status: str) -> None:
+    """For a head process that may run on another node than the command the user started:
+    the file `interrupt` appearing counts as a Ctrl-C (a signal cannot reach another node;
+    a file on a shared file system can), and run_workflow writes the exit status to
+    `status` (for a launcher that does not pass it on)."""
+    _control.update(interrupt=interrupt, status=status)
+
+
 def raise_if_interrupted() -> None:
+    if not _signals and os.path.exists(_control.get("interrupt", "")):
+        _signals.append("SIGINT")           # from where the run was started
     if _signals:
         raise KeyboardInterrupt(_signals[0])
 
@@ -654,70 +784,10 @@ def run_workflow(main) -> None:
     except (TaskFailed, IntegrityError, TimeoutError, OSError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
         status = 1
+    if "status" in _control:
+        with contextlib.suppress(OSError), open(_control["status"], "w") as f:
+            f.write(str(status))
     if signals:                 # all cleaned up: a late signal must not kill the exit itself
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(status)
-
-
-# --------------------------------------------------------------------------- Dragon runtime
-LAUNCHED_AT_ENV = "PC_LAUNCHED_AT"   # time.time() when a script restarted itself under Dragon
-HEAD_PID_ENV = "PC_HEAD_PID_FILE"    # where the script's head process leaves its pid
-
-
-def in_dragon_runtime() -> bool:
-    """True in a process that a Dragon runtime started (`dragon script.py`)."""
-    return "DRAGON_RT_UID" in os.environ
-
-
-def run_under_dragon(script: str, argv: Sequence[str]) -> None:
-    """Make `python script.py ARGS` behave like `dragon script.py ARGS`; return only inside
-    a Dragon runtime.
-
-    Outside one, start `python -m dragon script.py ARGS` in a process group of its own and exit with
-    its status. Ctrl-C or SIGTERM then reaches only the script's head process, as a SIGINT, so
-    that it cleans up (processes, DDict) and the runtime shuts down normally; a second one
-    goes to the Dragon launcher, which tears the runtime down.
-    """
-    import signal
-    import subprocess
-    if in_dragon_runtime():
-        pid_file = os.environ.get(HEAD_PID_ENV)
-        if pid_file and not os.path.exists(pid_file):       # only the head, not its workers
-            with open(pid_file, "w") as f:
-                f.write(str(os.getpid()))
-        return
-    scratch = tempfile.mkdtemp(prefix="pc-dragon-")
-    env = dict(os.environ, **{LAUNCHED_AT_ENV: repr(time.time()),
-                              HEAD_PID_ENV: os.path.join(scratch, "head.pid")})
-    # a process group of its own, not a session: Dragon's local services call setpgid(0, 0),
-    # which fails (EPERM) in a session leader, and the launcher then waits forever
-    launcher = subprocess.Popen([sys.executable, "-m", "dragon", os.path.abspath(script), *argv],
-                                env=env, process_group=0)
-    interrupts = []
-
-    def forward(signum, frame):
-        interrupts.append(signum)
-        target = launcher.pid
-        if len(interrupts) == 1:
-            try:
-                with open(env[HEAD_PID_ENV]) as f:
-                    target = int(f.read())
-            except (OSError, ValueError):
-                pass                                # the head has not started yet
-        try:
-            os.kill(target, signal.SIGINT)
-        except ProcessLookupError:
-            pass
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    status = launcher.wait()
-    shutil.rmtree(scratch, ignore_errors=True)
-    sys.exit(status if status >= 0 else 128 - status)
-
-
-def dragon_runtime_startup_s() -> float | None:
-    """Seconds since run_under_dragon() started the runtime; None when started by `dragon`."""
-    launched = os.environ.get(LAUNCHED_AT_ENV)
-    return time.time() - float(launched) if launched else None

@@ -8,12 +8,16 @@ worker per GPU, or a few CPU workers on a laptop). make_config() looks at where 
   machine, talking to the interchange over loopback;
 - in a PBS job with several nodes ($PBS_NODEFILE): one manager per node and executor,
   started by `mpiexec` (Cray PALS on Polaris, MPICH/Hydra or Open MPI elsewhere), which
-  connect back over the high-speed interface ($PARSL_IFACE, default bond0).
+  connect back over the high-speed interface ($PARSL_IFACE, default bond0);
+- in a Slurm job with several nodes ($SLURM_JOB_ID, $SLURM_JOB_NODELIST): the same, started
+  by `srun` (one task per node, as a step that overlaps the others), over $PARSL_IFACE
+  (default hsn0, the Slingshot interface of Perlmutter-like machines).
 
 Nothing here reads the environment at import time.
 
 Environment knobs (all optional):
-  PARSL_IFACE         network interface the managers reach the interchange through (bond0)
+  PARSL_IFACE         network interface the managers reach the interchange through
+                      (bond0; hsn0 in a Slurm job)
   PARSL_MPI_FLAVOUR   pals | hydra | openmpi: skip the `mpiexec --version` detection
   PARSL_ENCRYPTED     1/0: CurveZMQ between nodes (default on across nodes, off on loopback)
 """
@@ -37,7 +41,7 @@ from parsl.app.app import python_app
 from parsl.config import Config
 from parsl.executors import HighThroughputExecutor
 from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
-from parsl.launchers import MpiExecLauncher, SingleNodeLauncher
+from parsl.launchers import MpiExecLauncher, SingleNodeLauncher, SrunLauncher
 from parsl.providers import LocalProvider
 
 import common
@@ -46,6 +50,7 @@ SIMULATORS = "simulators"
 TRAINERS = "trainers"
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_IFACE = "bond0"         # Polaris: the Slingshot bond that other compute nodes reach
+SLURM_DEFAULT_IFACE = "hsn0"    # Perlmutter (and other Slurm HPE/Cray machines): Slingshot
 
 
 def worker_init() -> str:
@@ -141,13 +146,67 @@ def mpi_launcher(flavour: str) -> MpiExecLauncher:
     raise ValueError(f"unknown MPI flavour {flavour!r}")
 
 
+class _SrunLauncher(SrunLauncher):
+    """Parsl's SrunLauncher, with each block's manager script named after the block, and
+    a stop that lets the managers clean up."""
+
+    # Parsl stops a block with SIGTERM to its script's process group. srun answers SIGTERM
+    # by killing its step at once (SIGKILL): the managers' temporary folders and
+    # multiprocessing semaphores (/dev/shm/sem.mp-*) stayed on every node. So srun gets a
+    # process group of its own, and the script passes the stop on as a SIGTERM to the
+    # step's processes (scancel --signal), after which srun returns by itself.
+    STOP = """set +e
+stop_step() {
+    local step
+    step=$(squeue -h -s -j "$SLURM_JOB_ID" -o "%i %j" | awk -v name="$JOBNAME" '$2 == name {print $1}')
+    [[ -n $step ]] && scancel --signal=TERM "$step"
+}
+set -m
+SRUN &
+srun_pid=$!
+trap stop_step TERM INT
+while kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid"; done
+"""
+
+    def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int,
+                 script_dir: str = "") -> str:
+        script = super().__call__(command, tasks_per_node, nodes_per_block, script_dir)
+        # Parsl names it after the Slurm job (cmd_$SLURM_JOB_NAME.sh), the same name for both
+        # executors, whose blocks start at the same moment: one could run the other's
+        # command. $JOBNAME (set by LocalProvider) is the block's own name.
+        script = script.replace("cmd_$SLURM_JOB_NAME.sh", "cmd_$JOBNAME.sh")
+        lines = script.splitlines()
+        [at] = [i for i, line in enumerate(lines) if line.startswith("srun ")]
+        # the step named after the block, so that stop_step finds it
+        srun = lines[at].replace("srun ", 'srun --job-name="$JOBNAME" ', 1)
+        lines[at:at + 1] = self.STOP.replace("SRUN", srun).splitlines()
+        return "\n".join(lines) + "\n"
+
+
+def srun_launcher(hosts: list[str], gpus: int = 0) -> SrunLauncher:
+    """One manager per node of `hosts` (a part of the allocation), started by srun.
+
+    --overlap: the two executors' steps run at once, on the same nodes, beside the batch
+    step; without it the second waits for the first to end. --cpus-per-task: all the
+    node's CPUs, which a task-binding site (task/affinity, task/cgroup) would otherwise
+    confine the manager and all its workers to one of.
+    """
+    overrides = [f"--nodes={len(hosts)}", "--ntasks-per-node=1", f"--nodelist={','.join(hosts)}",
+                 "--overlap", "--cpus-per-task=${SLURM_CPUS_ON_NODE:-1}"]
+    if gpus:
+        overrides.append(f"--gpus-per-node={gpus}")
+    return _SrunLauncher(overrides=" ".join(overrides))
+
+
 def interchange_address(interface: str | None = None) -> str | None:
     """The address managers on other nodes connect to.
 
-    The named interface ($PARSL_IFACE, default bond0) when this node has it; else the address
-    this host's name resolves to; else None, and Parsl's managers probe every address here.
+    The named interface ($PARSL_IFACE; default bond0, hsn0 in a Slurm job) when this node
+    has it; else the address this host's name resolves to; else None, and Parsl's managers
+    probe every address here.
     """
-    interface = interface or os.environ.get("PARSL_IFACE") or DEFAULT_IFACE
+    interface = (interface or os.environ.get("PARSL_IFACE")
+                 or (SLURM_DEFAULT_IFACE if common.in_slurm_job() else DEFAULT_IFACE))
     try:
         return address_by_interface(interface)
     except OSError:
@@ -169,15 +228,22 @@ def make_config(run_dir: str, sim_workers: int, trainer_workers: int, gpus: int 
 
     sim_workers: CPU workers for simulations, per node; trainer_workers: trainers per node
     (with gpus > 0, one worker per GPU, pinned through CUDA_VISIBLE_DEVICES).
-    hosts: the nodes to use (default: the unique hosts of $PBS_NODEFILE, else this machine).
+    hosts: the nodes to use (default: the Slurm or PBS allocation's, else this machine).
     """
-    hosts = common.pbs_hosts() if hosts is None else list(hosts)
+    hosts = common.node_hosts() if hosts is None else list(hosts)
     multi_node = len(hosts) > 1
+    slurm = multi_node and common.in_slurm_job()
     if multi_node:
         address = interchange_address(interface)
-        launcher = mpi_launcher(mpi_flavour())
+        mpi = None if slurm else mpi_launcher(mpi_flavour())
     else:
-        address, launcher = "127.0.0.1", SingleNodeLauncher()
+        address, mpi = "127.0.0.1", None
+
+    def launcher(accelerators: int):
+        """One manager per node: srun in a Slurm job (the trainers' with the GPUs), else mpiexec."""
+        if not multi_node:
+            return SingleNodeLauncher()
+        return srun_launcher(hosts, accelerators) if slurm else mpi
     if encrypted is None:
         setting = os.environ.get("PARSL_ENCRYPTED", "")
         # across nodes the interchange listens on a shared network: encrypt unless told not to;
@@ -197,7 +263,8 @@ def make_config(run_dir: str, sim_workers: int, trainer_workers: int, gpus: int 
             launch_cmd=launch_cmd(os.path.join(tempfile.gettempdir(),
                                                f"{os.path.basename(run_dir)}-{label}")),
             provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1,
-                                   nodes_per_block=max(len(hosts), 1), launcher=launcher,
+                                   nodes_per_block=max(len(hosts), 1),
+                                   launcher=launcher(accelerators),
                                    worker_init=worker_init()),
         )
 
@@ -211,13 +278,19 @@ def make_config(run_dir: str, sim_workers: int, trainer_workers: int, gpus: int 
     )
 
 
-def _warm_up_worker(hold_s: float):
-    """Import what the tasks import (numpy, torch) so that no phase pays for it."""
+def _warm_up_worker(hold_s: float, label: str = "parsl"):
+    """Import what the tasks import (common and numpy; torch for trainers) so that no phase
+    pays for it, and name the worker process (`pc: simulators worker` in ps and top)."""
     import os
+    import socket
     import time
-    import common  # noqa: F401
+    from parsl.utils import setproctitle
+    import common
+    if label == TRAINERS:
+        common.pick_device()                # imports torch
+    setproctitle(f"pc: {label} worker")
     time.sleep(hold_s)                      # stay busy so the next warm-up task lands elsewhere
-    return os.getpid()
+    return socket.gethostname(), os.getpid()    # pids repeat across nodes (PID namespaces)
 
 
 def start(config: Config, workers: dict[str, int], timeout_s: float = 300.0) -> parsl.DataFlowKernel:
@@ -240,14 +313,39 @@ def start(config: Config, workers: dict[str, int], timeout_s: float = 300.0) -> 
                                        f"connect within {timeout_s:.0f} s")
                 time.sleep(0.1)
             warm_up = python_app(_warm_up_worker, executors=[label])
-            warm: set[int] = set()
-            while len(warm) < expected and time.monotonic() < deadline:
-                futures = [warm_up(0.3) for _ in range(expected)]
+            warm: set[tuple[str, int]] = set()
+            while len(warm) < expected:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"Parsl executor {label!r}: only {len(warm)} of {expected} "
+                                       f"workers warmed up within {timeout_s:.0f} s")
+                futures = [warm_up(0.3, label) for _ in range(expected)]
                 warm.update(f.result() for f in futures)
     except BaseException:
         dfk.cleanup()
         raise
     return dfk
+
+
+def wait_for_blocks(config: Config, timeout_s: float = 60.0) -> None:
+    """Return once every block's launch script (and so its srun) has ended, or after timeout_s.
+
+    dfk.cleanup() only signals the blocks. In a Slurm job that is not enough: when the
+    batch script ends, Slurm kills the job's steps at once, and managers that were still
+    stopping left their temporary folders on every node. srun returns only when every
+    manager has exited, and the launch script with it.
+    """
+    pids = [job["remote_pid"] for executor in config.executors
+            for job in getattr(executor.provider, "resources", {}).values() if "remote_pid" in job]
+    deadline = time.monotonic() + timeout_s
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":    # ended, not yet reaped
+                        break
+            except OSError:                     # ended (or no /proc: nothing to wait for)
+                break
+            time.sleep(0.1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,20 +363,25 @@ class Layout:
 
 
 @contextlib.contextmanager
-def workflow(run_dir: str, num_sims: int, num_trainers: int):
+def workflow(run_dir: str, num_sims: int, num_trainers: int, num_nodes: int | None = None):
     """Start the two executors, sized for this run, warm; stop them on the way out.
 
-    At most one simulation worker per core and per simulation on each node; trainers are
-    spread evenly over the nodes, one per GPU where there are GPUs.
+    The first `num_nodes` nodes of the allocation (default: all); at most one simulation
+    worker per core and per simulation on each node; trainers are spread evenly over the
+    nodes, one per GPU where there are GPUs.
     """
-    hosts = common.node_hosts()
+    hosts = common.node_hosts()[:num_nodes]
     gpus = common.gpus_per_node()
     cpus = os.cpu_count() or 1
     sim_workers = min(-(-num_sims // len(hosts)), cpus)
     trainer_workers = -(-num_trainers // len(hosts))
     layout = Layout(hosts, gpus, sim_workers, trainer_workers,
                     cpu_threads=0 if gpus else max(1, cpus // trainer_workers))
-    config = make_config(run_dir, sim_workers, trainer_workers, gpus)
-    with start(config, {SIMULATORS: sim_workers * len(hosts),
-                        TRAINERS: trainer_workers * len(hosts)}):
-        yield layout
+    config = make_config(run_dir, sim_workers, trainer_workers, gpus, hosts=hosts)
+    try:
+        with start(config, {SIMULATORS: sim_workers * len(hosts),
+                            TRAINERS: trainer_workers * len(hosts)}):
+            yield layout
+    finally:
+        if len(hosts) > 1 and common.in_slurm_job():
+            wait_for_blocks(config)

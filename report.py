@@ -31,8 +31,14 @@ IMPLEMENTATIONS = {
     "parsl+futures": "Parsl + futures",
     "parsl+filesystem": "Parsl + file system",
     "dragon+ddict": "DragonHPC + DDict",
+    # 5_parsl_fut_producer_consumer.py --proxystore CONNECTOR: the futures, passing proxies
+    "parsl+proxystore-redis": "Parsl + ProxyStore (redis)",
+    "parsl+proxystore-file": "Parsl + ProxyStore (file)",
+    "parsl+proxystore-zmq": "Parsl + ProxyStore (zmq)",
 }
-COLORS = {"parsl+futures": "tab:red", "parsl+filesystem": "tab:blue", "dragon+ddict": "tab:green"}
+COLORS = {"parsl+futures": "tab:red", "parsl+filesystem": "tab:blue", "dragon+ddict": "tab:green",
+          "parsl+proxystore-redis": "tab:purple", "parsl+proxystore-file": "tab:brown",
+          "parsl+proxystore-zmq": "tab:olive"}
 
 # what each transport's IO times cover (see the workflow scripts)
 IO_NOTES = {
@@ -47,6 +53,13 @@ IO_NOTES = {
     "dragon+ddict": "a simulation's IO is the put of its one value into the DDict manager on "
                     "its node; a trainer's is the get of every value from whichever node holds "
                     "it (the DDict is frozen first).",
+    **{f"parsl+proxystore-{name}": "as Parsl + futures, but only proxies travel through Parsl: a "
+       "simulation's IO also covers ProxyStore serializing its array and putting it into "
+       f"{where}; a trainer's covers getting and deserializing every array from there before "
+       "its body runs (the split is in the record's proxystore entry)."
+       for name, where in (("redis", "a redis-server on the head node"),
+                           ("file", "one file in the run's directory in --data_dir"),
+                           ("zmq", "the in-memory zmq server on the simulation's node"))},
 }
 
 HOMEWORK_HEADER = ("Implementation", "Number of Nodes", "Training Data Size (GB)",
@@ -111,8 +124,30 @@ def markdown_table(header, rows) -> list[str]:
     return [markdown_row(header), markdown_row("---" for _ in header)] + [markdown_row(r) for r in rows]
 
 
+def shares_machine(r: dict) -> bool:
+    """Several nodes that were namespaces of one machine (cluster/local_cluster.sh)."""
+    return bool(r.get("nodes_share_machine")) and r["num_nodes"] > 1
+
+
+def nodes_cell(r: dict) -> str:
+    """The node count, "2 (one machine)" when those nodes shared one machine's cores and
+    memory bandwidth: such rows show behaviour across nodes, not scaling."""
+    return f"{r['num_nodes']} (one machine)" if shares_machine(r) else str(r["num_nodes"])
+
+
+def shared_machine_note(records: list[dict]) -> list[str]:
+    """The sentence under a table with "(one machine)" rows, or nothing."""
+    machines = sorted({r["nodes_share_machine"] for r in records if shares_machine(r)})
+    if not machines:
+        return []
+    return [f"Number of Nodes \"N (one machine)\": the N nodes were Linux namespaces of one "
+            f"machine ({', '.join(machines)}, cluster/local_cluster.sh), sharing its cores, "
+            "memory and memory bandwidth. Those rows show how each transport behaves across "
+            "nodes (separate processes, network, /tmp and /dev/shm), not how it scales.", ""]
+
+
 def homework_rows(records: list[dict]) -> list[str]:
-    return [markdown_row([implementation(r), r["num_nodes"], gigabytes(r["bytes_produced"]),
+    return [markdown_row([implementation(r), nodes_cell(r), gigabytes(r["bytes_produced"]),
                           run_io(r["sim_run_s"], r["sim_io_mean_s"]),
                           run_io(r["train_run_s"], r["train_io_mean_s"])])
             for r in ordered(records)]
@@ -123,7 +158,7 @@ def details_cells(r: dict) -> list:
     host = hosts[0] + (f" +{len(hosts) - 1}" if len(hosts) > 1 else "")
     epochs = r.get("epochs", 1)
     trainers = f"{r['num_trainers']}" + ("" if epochs == 1 else f" ({epochs} epochs)")
-    return [implementation(r), r["num_nodes"], f"{r['num_sims']} x {r['grid_size']}^2",
+    return [implementation(r), nodes_cell(r), f"{r['num_sims']} x {r['grid_size']}^2",
             trainers, gigabytes(r["bytes_produced"]), f"{r['startup_s']:.2f}",
             f"{r['sim_io_mean_s']:.3f} / {r['sim_io_max_s']:.3f}", rate(r["sim_io_gbps"]),
             f"{r['train_io_mean_s']:.3f} / {r['train_io_max_s']:.3f}", rate(r["train_io_gbps"]),
@@ -135,8 +170,8 @@ def render_markdown(records: list[dict], machine: str) -> str:
     lines = [f"Measured on {machine}.", ""]
     lines += [markdown_row(HOMEWORK_HEADER), markdown_row("---" for _ in HOMEWORK_HEADER)]
     lines += homework_rows(records)
-    lines += ["",
-              "Run time: wall time of the phase in the workflow's head process. IO time: the "
+    lines += [""] + shared_machine_note(records)
+    lines += ["Run time: wall time of the phase in the workflow's head process. IO time: the "
               "mean over tasks of the time each simulation spent handing its data to the "
               "transport, and each trainer spent receiving all the data; the max over tasks "
               "and the bandwidths are in the table below. Start-up (workers or runtime up, "
@@ -217,11 +252,11 @@ def _series(records: list[dict]):
     node_counts = {r["num_nodes"] for r in records}
     groups: dict[tuple, list[dict]] = {}
     for r in ordered(records):
-        groups.setdefault((r["transport"], r["num_nodes"]), []).append(r)
-    for (transport, nodes), runs in groups.items():
+        groups.setdefault((r["transport"], r["num_nodes"], shares_machine(r)), []).append(r)
+    for (transport, nodes, shared), runs in groups.items():
         label = IMPLEMENTATIONS.get(transport, transport)
         if len(node_counts) > 1:
-            label += f", {nodes} node{'s' if nodes > 1 else ''}"
+            label += f", {nodes} node{'s' if nodes > 1 else ''}" + (" (one machine)" if shared else "")
         yield label, transport, runs
 
 
@@ -285,7 +320,7 @@ def plot_breakdown(records: list[dict], path: str, machine: str) -> None:
     fig, ax = plt.subplots(figsize=(12, 1.2 + 0.45 * len(runs)), layout="constrained")
     several_node_counts = len({r["num_nodes"] for r in runs}) > 1
     labels = [f"{IMPLEMENTATIONS.get(r['transport'], r['transport'])}, "
-              + (f"{r['num_nodes']} nodes, " if several_node_counts else "")
+              + (f"{nodes_cell(r)} nodes, " if several_node_counts else "")
               + f"{gigabytes(r['bytes_produced'])} GB" for r in runs]
     parts = [time_parts(r) for r in runs]
     y = list(range(len(runs)))[::-1]          # first row at the top

@@ -148,6 +148,7 @@ make_files() {
     # only from the cluster's network, and only for this cluster's key
     echo "from=\"$SUBNET.*\" $(cat "$STATE/id_ed25519.pub")" >"$STATE/authorized_keys"
     mkdir -m 0700 "$STATE/empty"            # covers ~/.ssh in the nodes
+    : >"$STATE/empty_rc"                    # covers the shell's start-up files there
     printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$STATE/hosts"
     : >"$STATE/hostfile"
     : >"$STATE/known_hosts"
@@ -300,6 +301,13 @@ node_main() {
     if [[ -d $home/.ssh ]]; then
         mount --bind "$STATE/empty" "$home/.ssh"
     fi
+    # and the user's shell start-up files: bash runs ~/.bashrc for every command sent over
+    # ssh, and what a workstation keeps there (pyenv's rehash waits up to 60 s on a lock
+    # that a killed login left behind) would stall every launch over ssh between the nodes
+    local rc
+    for rc in .bashrc .bash_profile .profile; do
+        if [[ -f $home/$rc ]]; then mount --bind "$STATE/empty_rc" "$home/$rc"; fi
+    done
     # sshd without PAM refuses an account locked with "!" in /etc/shadow (common for root):
     # the node gets a copy, in its own /run, in which only key login is possible
     if grep -q '^root:!' /etc/shadow; then

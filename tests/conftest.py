@@ -1,6 +1,7 @@
 """Helpers for running the real workflow scripts, at tiny sizes, in subprocesses."""
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -160,3 +161,173 @@ def nothing_left(workdir):
     while left() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert left() == []
+
+
+# --------------------------------------------------------------------------- local cluster
+# A cluster of 1-4 "nodes" made of Linux namespaces on this machine (cluster/local_cluster.sh),
+# so that tests run the workflows across nodes for real: node1..nodeN, each with its own
+# hostname, network address, PIDs, /tmp and /dev/shm; the repository is shared by all. Each
+# node has its own /tmp: a test's working directory for cluster runs must be on the shared
+# file system, see cluster_workdir.
+
+CLUSTER_SCRIPT = ROOT / "cluster" / "local_cluster.sh"
+CLUSTER_STATE = ROOT / "cluster" / ".state"
+
+
+def cluster_unavailable():
+    """Why no local cluster can be made here, or None when one can."""
+    if os.geteuid() != 0:
+        return "the local cluster needs root (namespaces, mounts, network devices)"
+    try:
+        probe = subprocess.run(["unshare", "--net", "--uts", "--ipc", "--mount", "--pid",
+                                "--fork", "true"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"cannot make namespaces here: {e}"
+    if probe.returncode != 0:
+        return f"cannot make namespaces here: {probe.stderr.strip()}"
+    return None
+
+
+def cluster_command(*args, timeout=60) -> subprocess.CompletedProcess:
+    """`bash cluster/local_cluster.sh ARGS`, captured."""
+    return subprocess.run(["bash", str(CLUSTER_SCRIPT), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def parse_exports(text: str) -> dict:
+    """The variables of up's `export NAME='value'` lines (all it prints on stdout)."""
+    exports = {}
+    for line in text.splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        assert line.startswith("export ") and value[:1] == value[-1:] == "'", line
+        exports[name] = value[1:-1].replace("'\\''", "'")
+    return exports
+
+
+class LocalCluster:
+    """A cluster that is up. env: os.environ with up's exports (PBS_NODEFILE, PARSL_IFACE,
+    PC_DRAGON_ARGS, PC_CLUSTER_NODES, PC_CLUSTER_STATE) and the venv's bin/ on PATH."""
+
+    def __init__(self, exports: dict):
+        self.exports = exports
+        self.env = script_env(**exports)
+        self.nodes = [f"node{k}" for k in range(1, int(exports["PC_CLUSTER_NODES"]) + 1)]
+
+    def run(self, k, argv, cwd, timeout=600, env=None) -> subprocess.CompletedProcess:
+        """Run argv in node k from cwd (shared: the repository or below), as run_script does
+        here: a script name under the repository runs with this Python."""
+        argv = [str(a) for a in argv]
+        if argv[0].endswith(".py"):
+            argv = [sys.executable, str(ROOT / argv[0])] + argv[1:]
+        if env is None:
+            env = dict(self.env, **{TAG: str(cwd)})
+        return subprocess.run(["bash", str(CLUSTER_SCRIPT), "run", str(k), *argv], cwd=cwd,
+                              env=env, capture_output=True, text=True, timeout=timeout)
+
+    def _in_node(self, k, code: str) -> list:
+        proc = self.run(k, [sys.executable, "-I", "-c", code], cwd=ROOT, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    def processes(self, k) -> list:
+        """Command lines of node k's processes, but its sshd (PID 1) and this query."""
+        return self._in_node(k, "import json, os\nfound = []\n"
+                             "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+                             "    if int(pid) in (1, os.getpid()):\n        continue\n"
+                             "    try:\n        with open(f'/proc/{pid}/cmdline', 'rb') as f:\n"
+                             "            found.append(f.read().replace(b'\\0', b' ').decode())\n"
+                             "    except OSError:\n        pass\n"
+                             "print(json.dumps(found))")
+
+    def listing(self, k, directory) -> list:
+        """Names in a directory as node k sees it (e.g. its own /tmp or /dev/shm)."""
+        return self._in_node(k, f"import json, os; print(json.dumps(sorted(os.listdir({str(directory)!r}))))")
+
+    def leftovers(self) -> dict:
+        """What any node still has besides its sshd: processes, /dev/shm and /tmp entries.
+
+        Not counted: the way into a repository under /tmp (bound back into each node's
+        /tmp), and Dragon's network-configuration cache: after an ssh launch Dragon 0.15
+        leaves /tmp/dragon-<host id>-<salt> on each node (dragon_config fixes the salt, so
+        that it stays one small file a node)."""
+        found = {}
+        way_in = ROOT.parts[2:3] if ROOT.parts[1:2] == ("tmp",) else ()
+        for k in range(1, len(self.nodes) + 1):
+            left = (self.processes(k) + self.listing(k, "/dev/shm")
+                    + [name for name in self.listing(k, "/tmp") if name not in way_in
+                       and not re.fullmatch(r"dragon-\d+-\w+", name)])
+            if left:
+                found[self.nodes[k - 1]] = left
+        return found
+
+
+class LocalClusters:
+    """local_cluster(n): a LocalCluster of n nodes, up (reused while n stays the same);
+    down() takes it down (tests of up/down themselves start from there)."""
+
+    def __init__(self):
+        self.current = None
+
+    def __call__(self, n: int) -> LocalCluster:
+        if self.current is not None and len(self.current.nodes) == n:
+            return self.current
+        self.down()
+        proc = cluster_command("up", n)
+        assert proc.returncode == 0, proc.stderr
+        self.current = LocalCluster(parse_exports(proc.stdout))
+        return self.current
+
+    def down(self):
+        self.current = None
+        proc = cluster_command("down")
+        assert proc.returncode == 0, proc.stderr
+
+
+@pytest.fixture(scope="session")
+def local_cluster():
+    """Factory of local clusters (see LocalClusters); skips where namespaces cannot be made.
+    Whatever happens, the cluster is down at the end of the session."""
+    reason = cluster_unavailable()
+    if reason:
+        pytest.skip(reason)
+    clusters = LocalClusters()
+    try:
+        yield clusters
+    finally:
+        clusters.current = None
+        cluster_command("down")
+
+
+@pytest.fixture
+def cluster_workdir(request):
+    """A fresh working directory on the cluster's shared file system (the repository), with a
+    data directory under it; removed after the test."""
+    import shutil
+    # not in the state directory: down removes that, and up refuses while it exists
+    base = CLUSTER_STATE.parent / ".work"
+    path = base / request.node.name.replace("[", "-").replace("]", "")
+    shutil.rmtree(path, ignore_errors=True)
+    (path / "data").mkdir(parents=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+    try:
+        base.rmdir()                        # the last one out
+    except OSError:
+        pass
+
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Two groups of tests for pytest-xdist's two processes (pytest.ini): the ones on the
+    local cluster (the files test_cluster*.py and test_slurm.py) run one at a time in one
+    process, all the others one at a time in the other. The cluster's nodes have their own
+    network, /tmp and /dev/shm, so the two groups cannot see each other's files or ports,
+    and within a group the checks for leftovers in /dev/shm and /tmp stay exact."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TwoGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            name = nodeid.split("::")[0].rsplit("/", 1)[-1]
+            return "cluster" if name.startswith(("test_cluster", "test_slurm")) else "machine"
+
+    return TwoGroups(config, log)

@@ -5,7 +5,6 @@ clear message within 60 s and no node keeps a process or a /dev/shm file.
 
 Skipped where namespaces cannot be made (see conftest.local_cluster)."""
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -26,24 +25,12 @@ def two(local_cluster):
     return local_cluster(2)
 
 
-def leftovers(cluster) -> dict:
-    """cluster.leftovers(), but Dragon's network-configuration cache: after an ssh launch
-    Dragon 0.15 leaves /tmp/dragon-<host id>-<salt> on each node (dragon_config makes the
-    salt fixed, so that it stays one small file a node)."""
-    found = {}
-    for node, names in cluster.leftovers().items():
-        names = [n for n in names if not re.fullmatch(r"dragon-\d+-\w+", n)]
-        if names:
-            found[node] = names
-    return found
-
-
 def nothing_left_on(cluster, workdir, seconds=30):
     """Within `seconds`: no node keeps a process (but its sshd), a /dev/shm or /tmp entry."""
     deadline = time.monotonic() + seconds
-    while (leftovers(cluster) or leftover_processes(workdir)) and time.monotonic() < deadline:
+    while (cluster.leftovers() or leftover_processes(workdir)) and time.monotonic() < deadline:
         time.sleep(1)
-    assert leftovers(cluster) == {} and leftover_processes(workdir) == []
+    assert cluster.leftovers() == {} and leftover_processes(workdir) == []
 
 
 def run_args(workdir, *args):
@@ -131,7 +118,9 @@ SLOW = ["--num_sims", 16, "--num_trainers", 2, "--compute_time", "0.2"]
 WORKERS_ON_NODE_2 = {DDICT: "^pc: simulator", FS: "^pc: simulators worker"}
 
 
-@pytest.mark.parametrize("strike", ["SIGKILL of a worker on node 2", "Ctrl-C of the head"])
+# ids without spaces: they name the working directory, and paths stay [A-Za-z0-9_./-]
+@pytest.mark.parametrize("strike", ["SIGKILL of a worker on node 2", "Ctrl-C of the head"],
+                         ids=["sigkill-worker-node2", "ctrl-c-head"])
 @pytest.mark.parametrize("script", [DDICT, FS])
 def test_a_run_struck_across_nodes_ends_clearly_and_cleans_up_every_node(
         two, cluster_workdir, script, strike):

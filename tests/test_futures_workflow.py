@@ -14,3 +14,6 @@ def test_futures_workflow_moves_every_sample_and_reports_its_io(workdir):
     assert probe["trainer_args_bytes"] > record["bytes_produced"]  # all of them, pickled
     assert probe["trainer_args_serialize_s"] > 0 and probe["trainer_args_deserialize_s"] > 0
     assert leftover_processes(workdir) == []
+    # without --proxystore the data travels by value, as before ProxyStore was added
+    assert "proxystore" not in record
+    assert "proxy" not in record["io_includes"]["sim_io"]

@@ -23,8 +23,8 @@ def run_args(workdir, *args):
 
 
 @pytest.mark.parametrize("script,kind,index", [
-    (FS, "simulation", 3), (FS, "trainer", 1),
-    (FUT, "simulation", 2), (FUT, "trainer", 0),
+    # each kind of task once per engine: the scripts share the Parsl side's handling
+    (FS, "simulation", 3), (FUT, "trainer", 0),
     (DDICT, "simulation", 2), (DDICT, "trainer", 1),
 ])
 def test_a_failing_task_ends_the_run_with_its_name(nothing_left, script, kind, index):
@@ -58,9 +58,9 @@ TRAINING = ["--compute_time", "0", "--grid_size", "32", "--epochs", "100000"]
 
 
 @pytest.mark.parametrize("script,phase,signum", [
-    (FS, "simulation", signal.SIGINT), (FS, "simulation", signal.SIGTERM),
-    (FS, "training", signal.SIGINT), (FS, "training", signal.SIGTERM),
-    (FUT, "simulation", signal.SIGINT), (FUT, "training", signal.SIGTERM),
+    # each signal in each phase once per engine
+    (FS, "simulation", signal.SIGINT), (FS, "training", signal.SIGTERM),
+    (FUT, "simulation", signal.SIGTERM), (FUT, "training", signal.SIGINT),
     (DDICT, "simulation", signal.SIGTERM), (DDICT, "training", signal.SIGINT),
 ], ids=lambda p: p.name if isinstance(p, signal.Signals) else p.split("_")[0])
 def test_interrupt_exits_within_30_s_and_cleans_up(nothing_left, script, phase, signum):

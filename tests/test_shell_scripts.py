@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 from test_multinode import _install
 
-SCRIPTS = ["0_activate_env.sh", "9_submit_multinode.sh", ".ci/run"]
+SCRIPTS = ["0_activate_env.sh", "9_submit_multinode.sh", ".ci/run", "cluster/slurm.sh"]
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +66,15 @@ def test_running_instead_of_sourcing_says_how(tmp_path):
     proc = _bash(f"PC_VENV={venv} bash {ROOT}/0_activate_env.sh", cwd=tmp_path)
     assert proc.returncode == 0
     assert "source 0_activate_env.sh" in proc.stderr
+
+
+def test_a_python_too_old_or_missing_is_refused_in_one_line(tmp_path):
+    """A fresh environment needs Python 3.10+: PC_PYTHON naming none stops with one line
+    (and creates nothing), instead of a venv that cannot install the pins."""
+    venv = tmp_path / "venv"
+    proc = _bash(f"PC_VENV={venv} PC_PYTHON={tmp_path}/no-such-python source {ROOT}/0_activate_env.sh",
+                 cwd=tmp_path)
+    assert proc.returncode != 0
+    assert f"{tmp_path}/no-such-python is missing or older than 3.10" in proc.stderr
+    assert not venv.exists()
+
