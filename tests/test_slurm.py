@@ -3,6 +3,7 @@ each node. The main job is submitted with sbatch and its Parsl managers are star
 on both nodes. Skipped where namespaces cannot be made; Slurm and munge are installed with
 apt-get when missing."""
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -82,6 +83,9 @@ class Slurm:
                 left += [f"{directory}/{name}" for name in self.cluster.listing(k, directory)
                          if name not in own and not (directory == "/run" and name in ("sshd", "mount"))
                          and not (directory == "/tmp" and name == TORCH_CACHE)
+                         # Dragon's network-configuration cache (see LocalCluster.leftovers),
+                         # left by the Dragon tests that ran on this cluster before
+                         and not (directory == "/tmp" and re.fullmatch(r"dragon-\d+-\w+", name))
                          and not (directory == "/tmp" and ROOT.parts[1:2] == ("tmp",)
                                   and name == ROOT.parts[2])]
             if left:
