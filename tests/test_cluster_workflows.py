@@ -14,6 +14,7 @@ from collections import Counter
 import pytest
 
 from conftest import CLUSTER_SCRIPT, ROOT, TINY, leftover_processes, read_records
+from test_reliability import wait_for_line
 
 INTRO = "7_dragon_ddict.py"
 DDICT = "8_dragon_producer_consumer.py"
@@ -103,15 +104,6 @@ def start(cluster, argv, workdir) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_line(proc, text, timeout=300):
-    deadline = time.monotonic() + timeout
-    for line in proc.stdout:
-        if text in line:
-            return
-        assert time.monotonic() < deadline, f"no line with {text!r}"
-    raise AssertionError(f"the run ended before printing {text!r}: {proc.stderr.read()}")
-
-
 # the simulations take 16 x 2 s / (2 nodes x 2 workers) = 8 s: time to strike
 SLOW = ["--num_sims", 16, "--num_trainers", 2, "--compute_time", "0.2"]
 # processes are named by dragon_config.reporting and parsl_config's warm-up
@@ -126,7 +118,7 @@ def test_a_run_struck_across_nodes_ends_clearly_and_cleans_up_every_node(
         two, cluster_workdir, script, strike):
     proc = start(two, [script, *run_args(cluster_workdir, *SLOW)], cluster_workdir)
     try:
-        wait_for_line(proc, "ready after" if script == DDICT else "warm after")
+        wait_for_line(proc, "ready after" if script == DDICT else "warm after", timeout=300)
         if strike.startswith("Ctrl-C"):
             time.sleep(1)
             proc.send_signal(signal.SIGINT)     # `run` passes it on to the head in node 1
