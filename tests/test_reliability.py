@@ -116,20 +116,22 @@ BAD_INPUT = [
 ]
 
 
+def memory_share(fraction):
+    """--num_sims whose 512x512 data fill `fraction` of the memory available when the test runs
+    (not when it is collected: the xdist workers must all collect the same test names)."""
+    return lambda: str(int(fraction * common.available_memory_bytes() / common.data_bytes(1, 512)))
+
+
 # each script checks its own limits on top of the shared ones (common.check_args)
 BAD_INPUT_5_8 = [
     (FUT, ["--num_sims", "0"], "--num_sims"),
     (FUT, ["--data_dir", "missing"], "--data_dir"),
     # the futures hold ~5 copies per trainer: refused where 6 (0.5 copies) would run
-    (FUT, ["--num_sims", str(int(0.3 * common.available_memory_bytes()
-                                 / common.data_bytes(1, 512))), "--num_trainers", "1"],
-     "--num_sims"),
+    (FUT, ["--num_sims", memory_share(0.3), "--num_trainers", "1"], "--num_sims"),
     (DDICT, ["--grid_size", "4"], "--grid_size"),
     (DDICT, ["--results_file", "/sys/r.jsonl"], "--results_file"),
     # more than the trainers alone would refuse, less than DDict + trainers need
-    (DDICT, ["--num_sims", str(int(0.6 * common.available_memory_bytes()
-                                   / common.data_bytes(1, 512))), "--num_trainers", "2"],
-     "the DDict needs"),
+    (DDICT, ["--num_sims", memory_share(0.6), "--num_trainers", "2"], "the DDict needs"),
 ]
 
 
@@ -153,9 +155,12 @@ def test_bad_input_is_refused_in_one_line_before_anything_starts(workdir, args, 
 
 
 @pytest.mark.parametrize("script,args,flag", BAD_INPUT_5_8,
-                         ids=[f"{s[0]} {' '.join(a)[:30]}" for s, a, _ in BAD_INPUT_5_8])
+                         ids=[f"{s[0]} " + " ".join(a if isinstance(a, str) else "<memory share>"
+                                                    for a in args)
+                              for s, args, _ in BAD_INPUT_5_8])
 def test_bad_input_to_5_and_8_is_refused_before_anything_starts(nothing_left, script, args,
                                                                   flag):
+    args = [a if isinstance(a, str) else a() for a in args]
     refused(nothing_left, script, args, flag)
     assert sorted(os.listdir(nothing_left)) == ["data"]
 
