@@ -22,7 +22,7 @@ import dragon_config  # exits with a one-line error where DragonHPC is not insta
 TRANSPORT = "dragon+ddict"
 
 
-def simulator(worker, num_workers, args, num_nodes, d, go, outbox):
+def simulator(worker, num_workers, args, num_nodes, d, go, outbox, done):
     """A simulation process: runs simulations worker, worker + num_workers, ... and puts
     each one's pairs into the DDict, on its own node."""
     task = [f"simulator process {worker}"]
@@ -39,6 +39,8 @@ def simulator(worker, num_workers, args, num_nodes, d, go, outbox):
             where = store.put(index, sim.pairs)     # the only IO: one value per simulation
             io_s = time.perf_counter() - start
             outbox.put(("simulation", sim.report(io_s, location=where)))
+            del sim                                 # the DDict holds its pairs now
+        done.get()      # exit after training: exiting processes would slow the trainers' gets
 
 
 def trainer(rank, kernel_size, args, cpu_threads, d, inbox, outbox):
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
         d, workers = flow.ddict, flow.num_sim_workers
         for worker in range(workers):
             flow.add(simulator, worker, workers, args, len(flow.nodes), d, flow.go, flow.outbox,
-                     policy=flow.sim_worker_policy(worker))
+                     flow.done, policy=flow.sim_worker_policy(worker))
         for rank, policy in enumerate(flow.trainer_policies):
             flow.add(trainer, rank, common.kernel_size_for(rank, args.kernel_sizes), args,
                      flow.cpu_threads[rank], d, flow.inbox, flow.outbox, policy=policy)
@@ -102,6 +104,8 @@ def main(argv=None) -> int:
         for _ in range(args.num_trainers):
             flow.inbox.put(sims)
         trainers = flow.collect("trained", args.num_trainers, progress="trainers")
+        for _ in range(workers):
+            flow.done.put(True)                     # the simulation processes may end now
         common.log(f"{len(trainers)} trainers done in {phases.lap('training'):.2f} s")
         ddict = dragon_config.describe(d, flow.ddict_bytes, flow.ddict_timeout_s)
     phases.lap("shutdown")

@@ -447,7 +447,8 @@ class Workflow:
     """The runtime's nodes, the DDict, the queues and one process group for a run.
 
     Processes report to the head through `outbox` as tuples (kind, payload); the head
-    answers through `go` (start simulating) and `inbox` (the trainers' manifest).
+    answers through `go` (start simulating), `inbox` (the trainers' manifest) and `done`
+    (the simulation processes may exit).
     """
 
     def __init__(self, args, run_dir: str, cleanup: contextlib.ExitStack):
@@ -462,8 +463,8 @@ class Workflow:
         # CPU trainers sharing a node share its cores; GPU trainers need no CPU threads
         self.cpu_threads = [0 if p.gpu_affinity else max(1, cpus // trainers_on[p.host_name])
                             for p in self.trainer_policies]
-        self.go, self.inbox, self.outbox = Queue(), Queue(), Queue()
-        for q in (self.go, self.inbox, self.outbox):
+        self.go, self.inbox, self.outbox, self.done = Queue(), Queue(), Queue(), Queue()
+        for q in (self.go, self.inbox, self.outbox, self.done):
             cleanup.callback(q.destroy)
         start = time.perf_counter()
         self.ddict_bytes = int(os.environ.get(DDICT_BYTES_ENV) or
