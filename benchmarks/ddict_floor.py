@@ -29,6 +29,8 @@ sys.path.insert(0, ROOT)
 import common  # noqa: E402
 import dragon_config  # noqa: E402
 
+SETTLE_S = 2.0      # on 2 cores, a process start or exit slowed gets ~10x for about 0.3 s
+
 
 def reader(d, manifest, rounds, go, out):
     """Get every value `rounds` times; report each round's per-get times."""
@@ -85,6 +87,7 @@ def measure(num_sims: int, grid_size: int, readers: int, rounds: int) -> dict:
             p.start()
         for _ in procs:
             assert out.get(timeout=300) == "ready"
+        time.sleep(SETTLE_S)    # let the runtime finish starting them (it competes with gets)
         for _ in procs:
             go.put(True)
         results = [out.get(timeout=600) for _ in procs]
