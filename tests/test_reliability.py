@@ -88,7 +88,7 @@ def test_interrupt_exits_within_30_s_and_cleans_up(nothing_left, script, phase, 
 
 def test_two_runs_at_once_in_the_same_directory_both_succeed(nothing_left):
     workdir = nothing_left
-    argv = [FS, *run_args(workdir, "--num_sims", 44, "--num_trainers", 1, *TINY)]
+    argv = [FS, *run_args(workdir, "--num_sims", 8, "--num_trainers", 1, *TINY)]
     runs = [start(argv, workdir) for _ in range(2)]
     outputs = [run.communicate(timeout=300) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
