@@ -42,15 +42,18 @@ def job_env(tmp_path, **settings):
 
 
 def test_main_job_fills_the_table_for_every_transport(tmp_path):
-    # one size, given as SIMSxN; the dry runs below check several sizes
-    env = job_env(tmp_path, NUM_SIMS="2", GRID_SIZES="4x16")
+    # one size, given as SIMSxN; the dry runs below check several sizes. Every transport but
+    # Redis, which test_proxystore.py runs end to end (to keep CI under its time budget)
+    transports = [t for t in PRESENT if t != "parsl+proxystore-redis"]
+    env = job_env(tmp_path, NUM_SIMS="2", GRID_SIZES="4x16",
+                  TRANSPORTS=" ".join(SHORT[t] for t in transports))
     proc = run_script(["bash", ROOT / JOB], cwd=tmp_path, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     results = tmp_path / "results"
 
     # one record per transport and size, none from the warm-up, every one intact
     records = read_records(results / "records.jsonl")
-    assert sorted(r["transport"] for r in records) == sorted(PRESENT)
+    assert sorted(r["transport"] for r in records) == sorted(transports)
     assert all(r["num_sims"] == 4 and r["grid_size"] == 16 and r["integrity_ok"]
                for r in records)
     assert (results / "logs" / "warmup.jsonl").exists()
@@ -59,8 +62,8 @@ def test_main_job_fills_the_table_for_every_transport(tmp_path):
     table = (results / "table.md").read_text()
     rows = [line for line in table.splitlines()[3:] if line.startswith("| ") and " / " in line
             and line.count("|") == 6]
-    assert len(rows) == len(PRESENT)
-    for transport in PRESENT:
+    assert len(rows) == len(transports)
+    for transport in transports:
         assert sum(row.startswith(f"| {NAMES[transport]} | 1 | 0.000164 |") for row in rows) == 1
 
     for name in ("io_vs_size.png", "time_breakdown.png"):
