@@ -14,7 +14,7 @@ import pytest
 
 from conftest import (CLUSTER_SCRIPT, CLUSTER_STATE, ROOT, TINY, cluster_command,
                       leftover_processes, parse_exports, read_records)
-from test_multinode import _install
+from test_multinode import installed_or_skip
 
 EXPORTED = {"PBS_NODEFILE", "PARSL_IFACE", "PC_DRAGON_ARGS", "PC_CLUSTER_NODES", "PC_CLUSTER_STATE",
             "PC_CLUSTER_HOST"}
@@ -71,9 +71,7 @@ def three(local_cluster):
 
 
 def test_script_passes_shellcheck():
-    shellcheck = _install("shellcheck", "shellcheck")
-    if shellcheck is None:
-        pytest.skip("no shellcheck, and `apt-get install -y shellcheck` failed")
+    shellcheck = installed_or_skip("shellcheck", "shellcheck")
     proc = subprocess.run([shellcheck, "-x", "cluster/local_cluster.sh"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

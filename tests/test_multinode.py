@@ -29,12 +29,18 @@ def _install(package: str, program: str) -> str | None:
     return shutil.which(program)
 
 
+def installed_or_skip(package: str, program: str) -> str:
+    """Path of `program` (see _install); skips the test where it cannot be had."""
+    path = _install(package, program)
+    if path is None:
+        pytest.skip(f"no {program}, and `apt-get install -y {package}` failed "
+                    "(needs root and Debian)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def mpiexec():
-    path = _install("mpich", "mpiexec")
-    if path is None:
-        pytest.skip("no mpiexec, and `apt-get install -y mpich` failed (needs root and Debian)")
-    return path
+    return installed_or_skip("mpich", "mpiexec")
 
 
 def _host_names() -> list[str]:

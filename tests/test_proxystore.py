@@ -14,7 +14,7 @@ import common
 import proxystore_config
 from conftest import ROOT, TINY, leftover_processes, read_records, run_end_to_end, run_script, \
     script_env
-from test_multinode import _install, mpiexec, two_nodes  # noqa: F401 (fixtures)
+from test_multinode import installed_or_skip, mpiexec, two_nodes  # noqa: F401 (fixtures)
 from test_reliability import SIMULATING, TRAINING, refused, run_args, wait_for_line
 
 SCRIPT = "5_parsl_fut_producer_consumer.py"
@@ -23,11 +23,7 @@ ONE_SIM = 10 * 2 * 16 * 16 * 8      # bytes of one tiny simulation's pairs
 
 @pytest.fixture(scope="session")
 def redis_server():
-    path = _install("redis-server", "redis-server")
-    if path is None:
-        pytest.skip("no redis-server, and `apt-get install -y redis-server` failed "
-                    "(needs root and Debian)")
-    return path
+    return installed_or_skip("redis-server", "redis-server")
 
 
 def need_redis(request, connector):

@@ -6,18 +6,14 @@ import sys
 import pytest
 
 from conftest import ROOT
-from test_multinode import _install
+from test_multinode import installed_or_skip
 
 SCRIPTS = ["0_activate_env.sh", "9_submit_multinode.sh", ".ci/run", "cluster/slurm.sh"]
 
 
 @pytest.fixture(scope="session")
 def shellcheck():
-    path = _install("shellcheck", "shellcheck")
-    if path is None:
-        pytest.skip("no shellcheck, and `apt-get install -y shellcheck` failed "
-                    "(needs root and Debian)")
-    return path
+    return installed_or_skip("shellcheck", "shellcheck")
 
 
 def _existing(script: str):
