@@ -43,7 +43,7 @@ def simulator(worker, num_workers, args, num_nodes, d, go, outbox, done):
         done.get()      # exit after training: exiting processes would slow the trainers' gets
 
 
-def trainer(rank, kernel_size, args, cpu_threads, d, inbox, outbox):
+def trainer(rank, kernel_size, args, cpu_threads, d, inbox, outbox, done):
     """A training process: gets every simulation's value from the DDict (timed as IO),
     checks it, then trains. Its policy decided its GPU (CUDA_VISIBLE_DEVICES)."""
     task = [f"trainer {rank}"]
@@ -61,8 +61,10 @@ def trainer(rank, kernel_size, args, cpu_threads, d, inbox, outbox):
             io_s += time.perf_counter() - start
             data.add(sim.index, pairs)              # copies it: the next get reuses the array
         del pairs
-        outbox.put(("trained", common.train(data, rank, kernel_size, io_s, cpu_threads,
-                                            args.epochs)))
+        report = common.train(data, rank, kernel_size, io_s, cpu_threads, args.epochs)
+        del data                                    # its memory is not needed while it waits
+        outbox.put(("trained", report))
+        done.get()      # exit after training too: the other trainers may still be reading
 
 
 def main(argv=None) -> int:
@@ -86,7 +88,8 @@ def main(argv=None) -> int:
                      flow.done, policy=flow.sim_worker_policy(worker))
         for rank, policy in enumerate(flow.trainer_policies):
             flow.add(trainer, rank, common.kernel_size_for(rank, args.kernel_sizes), args,
-                     flow.cpu_threads[rank], d, flow.inbox, flow.outbox, policy=policy)
+                     flow.cpu_threads[rank], d, flow.inbox, flow.outbox, flow.done,
+                     policy=policy)
         flow.start()
         flow.collect("ready", workers + args.num_trainers, timeout=dragon_config.STARTUP_TIMEOUT_S)
         common.log(f"{workers} simulation processes on {len(flow.nodes)} node(s) and "
@@ -104,8 +107,8 @@ def main(argv=None) -> int:
         for _ in range(args.num_trainers):
             flow.inbox.put(sims)
         trainers = flow.collect("trained", args.num_trainers, progress="trainers")
-        for _ in range(workers):
-            flow.done.put(True)                     # the simulation processes may end now
+        for _ in range(workers + args.num_trainers):
+            flow.done.put(True)                     # every process may end now
         common.log(f"{len(trainers)} trainers done in {phases.lap('training'):.2f} s")
         ddict = dragon_config.describe(d, flow.ddict_bytes, flow.ddict_timeout_s)
     phases.lap("shutdown")

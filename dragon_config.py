@@ -179,6 +179,11 @@ def queue_poll_fixed() -> bool:
     return bool(getattr(Queue.poll, "patched_by", None))
 
 
+def queue_get_sleeps() -> bool:
+    """Whether this process's Queue.get sleeps while it waits (dragon_site), not spins."""
+    return bool(getattr(Queue.get, "patched_by", None))
+
+
 def runtime_fixed() -> bool:
     """Whether Dragon's own processes (transport agents, services) have dragon_site's fixes
     too: yes when started with `python SCRIPT` (or `dragon` with dragon_site on PYTHONPATH);
@@ -399,7 +404,8 @@ def describe(d: DDict, requested: int, timeout_s: int) -> dict:
             "used_bytes": sum(m.total_used_bytes for m in managers),
             "keys": sum(m.num_keys for m in managers),
             "keys_per_manager": [m.num_keys for m in managers], "timeout_s": timeout_s,
-            "queue_poll_fixed": queue_poll_fixed(), "runtime_fixed": runtime_fixed(),
+            "queue_poll_fixed": queue_poll_fixed(), "queue_get_sleeps": queue_get_sleeps(),
+            "runtime_fixed": runtime_fixed(),
             "read_path": read_path(),
             "layout": "one value per simulation, key = index, raw float64 bytes in "
                       "power-of-two pieces, written to a manager on the simulation's node, "

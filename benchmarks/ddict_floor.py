@@ -32,7 +32,7 @@ import dragon_config  # noqa: E402
 SETTLE_S = 2.0      # on 2 cores, a process start or exit slowed gets ~10x for about 0.3 s
 
 
-def reader(d, manifest, rounds, go, out):
+def reader(d, manifest, rounds, go, out, release):
     """Get every value `rounds` times; report each round's per-get times."""
     import time
     store = dragon_config.Reader(d)
@@ -45,6 +45,7 @@ def reader(d, manifest, rounds, go, out):
             store.get(sim)
             seconds.append(time.perf_counter() - start)
     out.put({"get_s": seconds, "path": store.path})
+    release.get()   # exit when every reader is done: an exit slows the others' gets here
     d.detach()
 
 
@@ -72,7 +73,7 @@ def measure(num_sims: int, grid_size: int, readers: int, rounds: int) -> dict:
     total, _ = dragon_config.ddict_size(num_sims, grid_size, 1)
     d = dragon_config.DDict(1, len(nodes), total * len(nodes),
                             timeout=dragon_config.ddict_timeout_s(nodes, readers + 1))
-    go, out = Queue(), Queue()
+    go, out, release = Queue(), Queue(), Queue()
     try:
         put = Process(target=writer, args=(d, num_sims, grid_size, out),
                       policy=dragon_config.on(hosts[-1]))
@@ -81,7 +82,8 @@ def measure(num_sims: int, grid_size: int, readers: int, rounds: int) -> dict:
         put.join(timeout=60)
         d.freeze()
         here = dragon_config.on(hosts[0])
-        procs = [Process(target=reader, args=(d, manifest, rounds, go, out), policy=here)
+        procs = [Process(target=reader, args=(d, manifest, rounds, go, out, release),
+                         policy=here)
                  for _ in range(readers)]
         for p in procs:
             p.start()
@@ -91,11 +93,14 @@ def measure(num_sims: int, grid_size: int, readers: int, rounds: int) -> dict:
         for _ in procs:
             go.put(True)
         results = [out.get(timeout=600) for _ in procs]
+        for _ in procs:
+            release.put(True)
         for p in procs:
             p.join(timeout=60)
     finally:
         go.destroy()
         out.destroy()
+        release.destroy()
         d.destroy()
     first = [r["get_s"][:num_sims] for r in results]          # each value's first read
     per_reader = [sum(s) for s in first]

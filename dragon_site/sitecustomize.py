@@ -1,30 +1,41 @@
-"""A fix for DragonHPC 0.15, loaded by every Python process of the Dragon runtimes that 7
+"""Fixes for DragonHPC 0.15, loaded by every Python process of the Dragon runtimes that 7
 and 8 start: Python imports `sitecustomize` at start-up from the first folder on
 PYTHONPATH that has one, and dragon_config.py puts this folder there. Dragon passes
 PYTHONPATH on to its processes on every node, its own transport agents included, so the
-fix reaches them too.
+fixes reach them too.
 
-The bug: dragon.native.queue.Queue.poll(timeout) returns at once instead of waiting up to
-`timeout` seconds for an item (it asks the channel how many messages it holds, a question
-that never waits). Loops written to wait on it spin instead:
-- every TCP transport agent (`dragon-tcp`, several per node: one for the data, one for the
-  runtime's own messages) polls its control queue with timeout=5 in a loop, through a
-  thread pool: 40-70% of a core each, all the time, measured on the 2-node local cluster;
-- a ProcessGroup's exception monitor polls with timeout=0.1: a DDict's orchestrator keeps
-  a core busy for as long as the DDict lives.
-Queue.poll then waits as documented, checking every 20 ms. Only DragonHPC 0.15 is
-patched, and only when Dragon's queue module is imported; other processes pay one import
-hook. Another sitecustomize further along the path is still run.
+1. dragon.native.queue.Queue.poll(timeout) returns at once instead of waiting up to
+   `timeout` seconds for an item (it asks the channel how many messages it holds, a
+   question that never waits). Loops written to wait on it spin instead:
+   - every TCP transport agent (`dragon-tcp`, several per node: one for the data, one for
+     the runtime's own messages) polls its control queue with timeout=5 in a loop, through
+     a thread pool: 40-70% of a core each, all the time, measured on the 2-node local cluster;
+   - a ProcessGroup's exception monitor polls with timeout=0.1: a DDict's orchestrator keeps
+     a core busy for as long as the DDict lives.
+   Queue.poll then waits as documented, checking every 20 ms.
+2. A blocking Queue.get waits on the channel in Dragon's compiled-in ADAPTIVE mode, which
+   spins on sched_yield() before it sleeps, and starts over at every call. The processes
+   that wait in loops of short gets (a ProcessGroup's manager, timeout=0.3 s; the head's
+   collection of messages; the runtime's own services in the launcher) spun 10-20
+   thousand yields per 0.2 s each while the trainers read, measured with
+   /proc/PID/status, and on 2 cores the trainers shared the CPU with them. Queue.get
+   on a channel of this node now sleeps until an item is there (checks after 1, 2, 4 ...
+   ms, then every 20 ms) and only then receives it, with Dragon's own get; a get with
+   block=False, on another node's channel, or with a stream channel is Dragon's as it is.
+Only DragonHPC 0.15 is patched, and only when Dragon's queue module is imported; other
+processes pay one import hook. Another sitecustomize further along the path is still run.
 """
 import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
+import queue as queue_errors
 import sys
 import time
 
 PATCHED_VERSIONS = ("0.15",)
 POLL_EVERY_S = 0.02         # control messages wait at most this long; a sleep costs ~nothing
+FIRST_CHECK_S = 0.001       # a get checks again after 1, 2, 4 ... ms, up to POLL_EVERY_S
 QUEUE_MODULE = "dragon.native.queue"
 AGENT_MODULE = "dragon.transport.tcp.client"
 AGENT_RECV_S = 1.0          # was 0.1
@@ -44,15 +55,47 @@ def _waiting_poll(poll):
     return waiting_poll
 
 
+def _on_this_node(queue) -> bool:
+    channel = getattr(queue, "_main_channel", None)
+    try:
+        return channel is not None and channel.is_local
+    except Exception:               # a channel that cannot say: leave it to Dragon
+        return False
+
+
+def _sleeping_get(get, poll):
+    def sleeping_get(self, block=True, timeout=None, **kwargs):
+        if not block or kwargs or not _on_this_node(self):
+            return get(self, block, timeout, **kwargs)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = FIRST_CHECK_S
+        while not poll(self, timeout=0):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise queue_errors.Empty
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(2 * pause, POLL_EVERY_S)
+        # Dragon's get from here: an item in several pieces must not meet a zero timeout,
+        # and another reader may have taken this one (then it waits as Dragon does)
+        left = None if deadline is None else max(POLL_EVERY_S, deadline - time.monotonic())
+        return get(self, True, left)
+    sleeping_get.__doc__ = get.__doc__
+    sleeping_get.patched_by = __file__
+    return sleeping_get
+
+
 def fix(queue_module) -> bool:
-    """Make Queue.poll wait; True if this Dragon needed it (and has it now)."""
+    """Make Queue.poll wait and Queue.get sleep while it waits; True if this Dragon needed
+    it (and has it now)."""
     from importlib import metadata
     queue = queue_module.Queue
     if getattr(queue.poll, "patched_by", None):
         return True
     if not metadata.version("dragonhpc").startswith(PATCHED_VERSIONS):
         return False
-    queue.poll = _waiting_poll(queue.poll)
+    poll_now = queue.poll
+    queue.poll = _waiting_poll(poll_now)
+    queue.get = _sleeping_get(queue.get, poll_now)
     return True
 
 

@@ -1,5 +1,7 @@
 """Run by test_dragon_workflows.py: values of every size class through a real DDict, written
-by dragon_config.Writer and read back by dragon_config.Reader in another Dragon process.
+by dragon_config.Writer and read back by dragon_config.Reader in another Dragon process;
+and, in the same runtime, the Queue waits that dragon_site/sitecustomize.py changes: a get
+that times out, and a get that sleeps until the head puts an item of many pieces.
 
     python tests/ddict_roundtrip.py      (starts the Dragon runtime itself)
 
@@ -7,7 +9,9 @@ Prints one line `ROUNDTRIP <json>` with what the reader saw.
 """
 import json
 import os
+import queue
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -31,7 +35,29 @@ def values():
     return [rng.standard_normal(shape) for shape in SHAPES]
 
 
-def reader(d, manifest, out):
+def big_item() -> bytes:
+    """Several MB: an unbuffered Queue sends it in many pieces."""
+    return bytes(range(256)) * (3 * 2**20 // 256 + 7)
+
+
+def waits(inbox, out) -> dict:
+    """This process's Queue.get: patched, an empty get's timeout kept, an item intact."""
+    from dragon.native.queue import Queue
+    seen = {"get_sleeps": bool(getattr(Queue.get, "patched_by", None))}
+    start = time.monotonic()
+    try:
+        inbox.get(timeout=0.3)
+        seen["empty_raised"] = False
+    except queue.Empty:
+        seen["empty_raised"] = True
+    seen["empty_after_s"] = time.monotonic() - start
+    out.put("waiting")
+    seen["item_intact"] = inbox.get() == big_item()     # put a while after this get starts
+    return seen
+
+
+def reader(d, manifest, inbox, out):
+    queue_waits = waits(inbox, out)
     store = dragon_config.Reader(d)
     seen = []
     for sim, expected in zip(manifest, values()):
@@ -39,7 +65,7 @@ def reader(d, manifest, out):
         seen.append({"shape": list(got.shape), "dtype": str(got.dtype),
                      "equal": bool(np.array_equal(got, expected))})
         del got                 # the next get reuses the array
-    out.put({"path": store.path, "seen": seen})
+    out.put({"path": store.path, "seen": seen, "waits": queue_waits})
     d.detach()
 
 
@@ -49,19 +75,24 @@ def main() -> int:
     from dragon.native.queue import Queue
     dragon_config.init_head()
     d = dragon_config.DDict(1, 1, 256 * 2**20, timeout=60)
-    out = Queue()
+    out, inbox = Queue(), Queue(buffered=False, num_streams=2)
     try:
         writer = dragon_config.Writer(d, 1)
         manifest = [common.SimReport(i, 0.0, 0, v.nbytes, 0.0, 0.0, "", 0, writer.put(i, v))
                     for i, v in enumerate(values())]
         d.freeze()
-        process = Process(target=reader, args=(d, manifest, out))
+        process = Process(target=reader, args=(d, manifest, inbox, out))
         process.start()
+        assert out.get(timeout=120) == "waiting"
+        time.sleep(0.5)                     # the reader's get is waiting by now
+        inbox.put(big_item())
         result = out.get(timeout=120)
+        result["head_get_sleeps"] = bool(getattr(Queue.get, "patched_by", None))
         process.join(timeout=60)
         print("ROUNDTRIP " + json.dumps(result), flush=True)
     finally:
         out.destroy()
+        inbox.destroy()
         d.destroy()
     return 0
 

@@ -70,6 +70,7 @@ def check_two_node_record(record, nodes, trainers_per_node):
     # reads from the other node
     assert ddict["keys_per_manager"] == [record["num_sims"] // 2] * 2
     assert ddict["queue_poll_fixed"] is True and ddict["runtime_fixed"] is True
+    assert ddict["queue_get_sleeps"] is True
 
 
 @pytest.mark.parametrize("launch", ["python", "dragon"])

@@ -35,6 +35,7 @@ def test_ddict_workflow_moves_every_sample_exactly_once(nothing_left):
     ddict = record["ddict"]
     assert ddict["keys"] == 128                                 # one value per simulation
     assert ddict["used_bytes"] >= record["bytes_produced"] and ddict["managers"] == 1
+    assert ddict["queue_get_sleeps"] is True                     # dragon_site, in the head
     assert isinstance(record["ddict_create_s"], float) and record["ddict_create_s"] > 0
     # the runtime's own start-up is measured when the script started it
     assert record["runtime_startup_s"] > 0
@@ -82,7 +83,9 @@ def test_a_full_ddict_fails_at_once_with_a_clear_message(nothing_left):
 def test_values_of_every_size_class_round_trip_through_a_real_ddict(nothing_left, path):
     """dragon_config.Writer puts, Reader gets in another process: every size class of the
     value pickler (one element, not a power of two, one piece, just over, several pieces)
-    comes back equal, through the one-copy read and through Dragon's public API."""
+    comes back equal, through the one-copy read and through Dragon's public API. In the
+    same runtime, dragon_site's sleeping Queue.get, in the head and in a child: an empty
+    get still times out, and an item of many pieces put while a get waits arrives whole."""
     env = script_env(nothing_left, **({"PC_DDICT_READ": "public"} if path == "public" else {}))
     proc = run_script([sys.executable, ROOT / "tests" / "ddict_roundtrip.py"], cwd=nothing_left,
                       env=env, timeout=300)
@@ -93,3 +96,7 @@ def test_values_of_every_size_class_round_trip_through_a_real_ddict(nothing_left
     import ddict_roundtrip
     assert [tuple(v["shape"]) for v in result["seen"]] == ddict_roundtrip.SHAPES
     assert all(v["dtype"] == "float64" and v["equal"] for v in result["seen"]), result
+    waits = result["waits"]
+    assert result["head_get_sleeps"] and waits["get_sleeps"], result
+    assert waits["empty_raised"] and 0.3 <= waits["empty_after_s"] < 30, waits
+    assert waits["item_intact"], waits
