@@ -16,9 +16,9 @@ fixes reach them too.
 2. A blocking Queue.get waits on the channel in Dragon's compiled-in ADAPTIVE mode, which
    spins on sched_yield() before it sleeps, and starts over at every call. The processes
    that wait in loops of short gets (a ProcessGroup's manager, timeout=0.3 s; the head's
-   collection of messages; the runtime's own services in the launcher) spun 10-20
-   thousand yields per 0.2 s each while the trainers read, measured with
-   /proc/PID/status, and on 2 cores the trainers shared the CPU with them. Queue.get
+   collection of messages; the runtime's own services in the launcher) made 10-24
+   thousand involuntary context switches per 0.2 s each while the trainers read (counted
+   in /proc/PID/status), and on 2 cores the trainers shared the CPU with them. Queue.get
    on a channel of this node now sleeps until an item is there (checks after 1, 2, 4 ...
    ms, then every 20 ms) and only then receives it, with Dragon's own get; a get with
    block=False, on another node's channel, or with a stream channel is Dragon's as it is.
