@@ -454,7 +454,7 @@ class Workflow:
 
     Processes report to the head through `outbox` as tuples (kind, payload); the head
     answers through `go` (start simulating), `inbox` (the trainers' manifest) and `done`
-    (the simulation processes may exit).
+    (every process may exit: none exits while others still read).
     """
 
     def __init__(self, args, run_dir: str, cleanup: contextlib.ExitStack):

@@ -41,15 +41,24 @@ AGENT_MODULE = "dragon.transport.tcp.client"
 AGENT_RECV_S = 1.0          # was 0.1
 
 
+def _wait_for_item(queue, poll, timeout, first_pause) -> bool:
+    """Sleep until `poll` (Dragon's own, which never waits) sees an item in `queue`: True,
+    or False after `timeout` seconds (None: no limit). Checks after first_pause, then
+    twice as long each time, up to POLL_EVERY_S."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = first_pause
+    while not poll(queue, timeout=0):
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return False
+        time.sleep(pause if left is None else min(pause, left))
+        pause = min(2 * pause, POLL_EVERY_S)
+    return True
+
+
 def _waiting_poll(poll):
     def waiting_poll(self, timeout=0):
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not poll(self, timeout=0):
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            time.sleep(POLL_EVERY_S if left is None else min(POLL_EVERY_S, left))
-        return True
+        return _wait_for_item(self, poll, timeout, POLL_EVERY_S)
     waiting_poll.__doc__ = poll.__doc__
     waiting_poll.patched_by = __file__
     return waiting_poll
@@ -67,17 +76,13 @@ def _sleeping_get(get, poll):
     def sleeping_get(self, block=True, timeout=None, **kwargs):
         if not block or kwargs or not _on_this_node(self):
             return get(self, block, timeout, **kwargs)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = FIRST_CHECK_S
-        while not poll(self, timeout=0):
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise queue_errors.Empty
-            time.sleep(pause if left is None else min(pause, left))
-            pause = min(2 * pause, POLL_EVERY_S)
+        start = time.monotonic()
+        if not _wait_for_item(self, poll, timeout, FIRST_CHECK_S):
+            raise queue_errors.Empty
         # Dragon's get from here: an item in several pieces must not meet a zero timeout,
         # and another reader may have taken this one (then it waits as Dragon does)
-        left = None if deadline is None else max(POLL_EVERY_S, deadline - time.monotonic())
+        left = None if timeout is None else max(POLL_EVERY_S,
+                                                timeout - (time.monotonic() - start))
         return get(self, True, left)
     sleeping_get.__doc__ = get.__doc__
     sleeping_get.patched_by = __file__

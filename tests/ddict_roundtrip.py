@@ -42,8 +42,7 @@ def big_item() -> bytes:
 
 def waits(inbox, out) -> dict:
     """This process's Queue.get: patched, an empty get's timeout kept, an item intact."""
-    from dragon.native.queue import Queue
-    seen = {"get_sleeps": bool(getattr(Queue.get, "patched_by", None))}
+    seen = {"get_sleeps": dragon_config.queue_get_sleeps()}
     start = time.monotonic()
     try:
         inbox.get(timeout=0.3)
@@ -87,7 +86,7 @@ def main() -> int:
         time.sleep(0.5)                     # the reader's get is waiting by now
         inbox.put(big_item())
         result = out.get(timeout=120)
-        result["head_get_sleeps"] = bool(getattr(Queue.get, "patched_by", None))
+        result["head_get_sleeps"] = dragon_config.queue_get_sleeps()
         process.join(timeout=60)
         print("ROUNDTRIP " + json.dumps(result), flush=True)
     finally:
