@@ -13,9 +13,9 @@
 # file the first time, and activates it; then it puts what Parsl and Dragon need on PATH.
 #
 # Anywhere else (a Slurm machine such as Perlmutter, a login node or inside a job) it is the
-# local set-up. The environment is made with python3 when that is 3.10 or newer; an older
-# one (the system Python of many HPC machines) is passed over for the site's Python module
-# (`module load python`) where there is a `module` command.
+# local set-up. The environment is made with python3 when that is 3.11 or newer (DragonHPC 0.15
+# needs 3.11); an older one (the system Python of many HPC machines) is passed over for the
+# site's Python module (`module load python`) where there is a `module` command.
 #
 # PC_VENV=/path     where the virtual environment lives (both cases)
 # PC_SITE=polaris   force the Polaris set-up; PC_SITE=local force the local one
@@ -132,9 +132,9 @@ _pc_polaris_env() {
     return 0
 }
 
-# true if $1 is a Python this project runs on (3.10+)
+# true if $1 is a Python this project runs on (3.11+)
 _pc_recent_python() {
-    "$1" -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1
+    "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1
 }
 
 _pc_setup_local() {
@@ -146,12 +146,12 @@ _pc_setup_local() {
             local had_u=0
             [[ $- == *u* ]] && had_u=1 && set +u
             module load python >/dev/null 2>&1 &&
-                echo "0_activate_env.sh: python3 is older than 3.10; loaded the site's python module" >&2
+                echo "0_activate_env.sh: python3 is older than 3.11; loaded the site's python module" >&2
             [[ $had_u -eq 1 ]] && set -u
         fi
         if ! _pc_recent_python "$python"; then
-            echo "0_activate_env.sh: $python is missing or older than 3.10; set PC_PYTHON to a" \
-                 "Python 3.10+ (or load one, e.g. module load python)" >&2
+            echo "0_activate_env.sh: $python is missing or older than 3.11 (DragonHPC 0.15 needs" \
+                 "3.11); set PC_PYTHON to a Python 3.11+ (or load one, e.g. module load python)" >&2
             return 1
         fi
     fi

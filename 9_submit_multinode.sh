@@ -199,8 +199,8 @@ workflow_command() {
             if [[ $DRAGON_LAUNCH == dragon ]]; then
                 # what `python 8_...` would start: the launcher's options, -N for part of
                 # the allocation (check_args refuses a runtime with more nodes than asked),
-                # and dragon_site on PYTHONPATH, for Dragon 0.15's fix in every process
-                command=(env "PYTHONPATH=$PWD/dragon_site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+                # and dragon_site on PYTHONPATH where PC_DRAGON_FIXES's rule puts it
+                command=(env "PYTHONPATH=$(python -c 'import sys, dragon_config as d; print(d.launch_fixes_env(int(sys.argv[1] or 0) or None)["PYTHONPATH"])' "$nodes")"
                          dragon "${dragon_args[@]}" ${nodes:+-N "$nodes"} "$script")
             else
                 command=("$DRAGON_LAUNCH" "$script")
@@ -309,7 +309,8 @@ run_workflow() {
         return 0
     fi
     echo "[$(date +%T)] ${command[*]} ${args[*]} ${extra_args[*]}" | tee "$log"
-    local out tee_pid pid status=0
+    local out tee_pid pid status=0 left_before
+    left_before=$(run_dirs)
     exec {out}> >(tee -i -a "$log")
     tee_pid=$!
     # --foreground: only the workflow gets the signals, SIGINT at the time-out, SIGKILL 60 s later
@@ -338,7 +339,23 @@ run_workflow() {
         sleep 0.1
     done
     kill "$tee_pid" 2>/dev/null || true
+    if (( status == 124 || status == 137 )); then
+        # killed at the time-out: its head could not remove its run directory (a Dragon
+        # launcher left behind dies with the killed script: dragon_config.relaunch_under_dragon)
+        local dir
+        while read -r dir; do
+            [[ -n $dir ]] || continue
+            echo "removing $dir, left by the run that timed out"
+            rm -rf -- "$dir"
+        done < <(comm -13 <(echo "$left_before") <(run_dirs))
+    fi
     return "$status"
+}
+
+# the runs' own directories (pc-<transport>-<time>-*) in DATA_DIR, one a line, sorted
+run_dirs() {
+    local dir
+    for dir in "$DATA_DIR"/pc-*; do if [[ -d $dir ]]; then echo "$dir"; fi; done | sort
 }
 
 # Warm-up: the first run of an engine pays for cold caches (imports, the Dragon runtime's

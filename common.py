@@ -210,6 +210,15 @@ class TrainReport:
     loss: float | None          # None when no epoch ran
     peak_rss_bytes: int
     gpu: str = ""               # CUDA_VISIBLE_DEVICES as the trainer saw it
+    gpu_uuid: str = ""          # the GPU it trained on, as CUDA names it ("" on the CPU)
+    gpu_name: str = ""
+    host_gpus: int = 0          # gpus_per_node() on the trainer's host
+
+    def gpu_facts(self) -> dict:
+        """For the record: where this trainer ran and the GPU it saw."""
+        return {"rank": self.rank, "host": self.host, "device": self.device,
+                "visible": self.gpu, "uuid": self.gpu_uuid, "name": self.gpu_name,
+                "host_gpus": self.host_gpus}
 
 
 def pick_device() -> torch.device:
@@ -262,11 +271,33 @@ def train(data: TrainingData, rank: int, kernel_size: int, io_s: float,
         train_s += seconds
         if samples != len(inputs):
             raise IntegrityError(f"trainer {rank} trained on {samples} of {len(inputs)} samples")
+    uuid = name = ""
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        uuid, name = str(getattr(properties, "uuid", "")), properties.name
     return TrainReport(rank=rank, kernel_size=kernel_size, device=str(device),
                        host=socket.gethostname(), bytes_read=data.bytes_received,
                        samples=len(inputs), io_s=io_s, check_s=data.check_s, train_s=train_s,
                        loss=loss, peak_rss_bytes=peak_rss_bytes(),
-                       gpu=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+                       gpu=os.environ.get("CUDA_VISIBLE_DEVICES", ""), gpu_uuid=uuid,
+                       gpu_name=name, host_gpus=gpus_per_node())
+
+
+def device_problem(trainers: Sequence[TrainReport]) -> str | None:
+    """What is wrong with where the trainers ran, or None: a trainer on the CPU of a host
+    that has GPUs, or two trainers of one host on the same GPU (one trainer per GPU)."""
+    on_gpu: dict[tuple[str, str], int] = {}
+    for t in sorted(trainers, key=lambda t: t.rank):
+        if t.device.startswith("cpu") and t.host_gpus:
+            return (f"trainer {t.rank} trained on the CPU of {t.host}, which has {t.host_gpus} "
+                    f"GPU(s) (CUDA_VISIBLE_DEVICES={t.gpu!r}; does this torch see the GPUs?)")
+        if t.device.startswith("cuda"):
+            gpu = (t.host, t.gpu_uuid or t.gpu)
+            if gpu in on_gpu:
+                return (f"trainers {on_gpu[gpu]} and {t.rank} shared one GPU of {t.host} "
+                        f"({gpu[1] or 'the same visible device'}): one trainer per GPU")
+            on_gpu[gpu] = t.rank
+    return None
 
 
 def kernel_size_for(rank: int, kernel_sizes: Sequence[int]) -> int:
@@ -364,12 +395,35 @@ def node_hosts() -> list[str]:
     return slurm_hosts() or pbs_hosts() or [socket.gethostname()]
 
 
+GPUS_ENV = "PC_GPUS_PER_NODE"   # the GPU count to use instead of asking the machine
+
+
 def gpus_per_node() -> int:
+    """How many GPUs a node has for trainers: THE answer both engines and every check use
+    (the nodes of a run are alike, so the node that asks speaks for all).
+
+    $PC_GPUS_PER_NODE, where set (a machine whose driver and torch disagree; the tests);
+    else 0 where this node has no GPU device file (NVIDIA, AMD, WSL2's /dev/dxg), without
+    loading torch; else what torch sees, CUDA_VISIBLE_DEVICES applied. A node with GPU
+    device files whose torch sees none (a CPU build, or one that does not match the driver)
+    is an error, not a silent CPU run.
+    """
     import glob
-    if not glob.glob("/dev/nvidia[0-9]*") and not os.path.exists("/dev/kfd"):
-        return 0                    # no GPU device at all: no need to load torch to know
+    given = os.environ.get(GPUS_ENV, "").strip()
+    if given:
+        if not given.isdigit():
+            raise ValueError(f"{GPUS_ENV}={given!r}: give a number of GPUs (0 or more)")
+        return int(given)
+    files = glob.glob("/dev/nvidia[0-9]*") + glob.glob("/dev/kfd") + glob.glob("/dev/dxg")
+    if not files:
+        return 0
     import torch
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not seen and os.environ.get("CUDA_VISIBLE_DEVICES") is None:
+        raise ValueError(f"this node has GPUs ({', '.join(sorted(files)[:4])}) but torch "
+                         f"{torch.__version__} sees none (a CPU build, or one that does not "
+                         f"match the driver): fix torch, or set {GPUS_ENV}=0 to train on the CPU")
+    return seen
 
 
 def versions() -> dict[str, str]:
@@ -496,8 +550,17 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
         parser.error(f"argument --num_nodes: {args.num_nodes} nodes asked for, but the "
                      f"allocation has {available_nodes}")
     num_nodes = args.num_nodes
+    try:
+        gpus = gpus_per_node()
+    except ValueError as error:
+        parser.error(str(error))
     if args.num_trainers is None:
-        args.num_trainers = gpus_per_node() * num_nodes or CPU_TRAINERS
+        args.num_trainers = gpus * num_nodes or CPU_TRAINERS
+    trainers_here = -(-args.num_trainers // num_nodes)
+    if gpus and trainers_here > gpus:
+        parser.error(f"argument --num_trainers: {args.num_trainers} trainers on {num_nodes} "
+                     f"node(s) put {trainers_here} on a node, which has {gpus} GPU(s): one "
+                     f"trainer per GPU (at most {gpus * num_nodes})")
     largest_kernel = max(args.kernel_sizes)
     if args.grid_size < largest_kernel:
         parser.error(f"argument --grid_size: {args.grid_size} is smaller than the largest "
@@ -508,8 +571,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
         parser.error(f"argument --data_dir: cannot create files in {args.data_dir!r}")
     if not _can_append_to(args.results_file):
         parser.error(f"argument --results_file: cannot write {args.results_file!r}")
+    _control["error_dir"] = os.path.dirname(os.path.abspath(args.results_file))
     produced = data_bytes(args.num_sims, args.grid_size)
-    trainers_here = -(-args.num_trainers // num_nodes)
     need = trainers_here * produced * copies_per_trainer
     available = available_memory_bytes()
     if available and need > 0.9 * available:
@@ -563,6 +626,7 @@ def make_record(args: argparse.Namespace, transport: str, sims: Sequence[SimRepo
                             for t in trainers))
     sim_io = [sim.io_s for sim in sims]
     train_io = [trainer.io_s for trainer in trainers]
+    devices_problem = device_problem(trainers)
     read_per_trainer = trainers[0].bytes_read if trainers else 0
     return {
         "transport": transport,
@@ -580,6 +644,9 @@ def make_record(args: argparse.Namespace, transport: str, sims: Sequence[SimRepo
         "kernel_sizes": [t.kernel_size for t in trainers],
         "devices": [t.device + (f" (CUDA_VISIBLE_DEVICES={t.gpu})" if t.gpu else "")
                     for t in trainers],
+        "trainer_gpus": [t.gpu_facts() for t in trainers],
+        "devices_ok": devices_problem is None,
+        "devices_problem": devices_problem,
         "trainer_hosts": [t.host for t in trainers],
         "sim_hosts": sorted({sim.host for sim in sims}),
         "versions": versions(),
@@ -643,6 +710,8 @@ def summary(record: dict) -> str:
             "simulations exactly once, checksums and pairing verified" if r["integrity_ok"]
             else "FAILED: the byte or sample counts do not add up"),
     ]
+    if not r.get("devices_ok", True):
+        lines.append(f"Devices                 : FAILED: {r['devices_problem']}")
     return "\n".join(lines)
 
 
@@ -651,7 +720,10 @@ def finish(record: dict, results_file: str) -> int:
     print(summary(record), flush=True)
     append_record(record, results_file)
     print(f"Record appended to {results_file}", flush=True)
-    return 0 if record["integrity_ok"] else 1
+    if not record["devices_ok"]:
+        print(f"{os.path.basename(sys.argv[0])}: error: {record['devices_problem']}",
+              file=sys.stderr, flush=True)
+    return 0 if record["integrity_ok"] and record["devices_ok"] else 1
 
 
 @contextlib.contextmanager
@@ -675,7 +747,9 @@ def log(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- failures
-FAIL_ENV = "PC_INJECT_FAILURE"   # e.g. "simulation:3" or "trainer:1": that task raises (for tests)
+# e.g. "simulation:3" or "trainer:1": that task raises; "head:0": the Dragon head's checks
+# refuse the run inside the runtime (for tests)
+FAIL_ENV = "PC_INJECT_FAILURE"
 
 
 class TaskFailed(RuntimeError):
@@ -751,6 +825,22 @@ def raise_if_interrupted() -> None:
         raise KeyboardInterrupt(_signals[0])
 
 
+def _save_traceback(prog: str) -> str | None:
+    """The exception being handled, with its traceback, in a file next to the results file
+    (see check_args); its path, or None where none could be written."""
+    import traceback
+    folder = _control.get("error_dir") or "."
+    path = os.path.join(folder, f"error-{os.path.splitext(prog)[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
+                                f"-{os.getpid()}.txt")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(path, "w") as f:
+            traceback.print_exc(file=f)
+    except OSError:
+        return None
+    return os.path.abspath(path)
+
+
 def run_workflow(main) -> None:
     """Run a script's main(): SIGTERM behaves like Ctrl-C, so both reach main's cleanup;
     a failed task or a failed check ends the run with one line on stderr.
@@ -776,6 +866,11 @@ def run_workflow(main) -> None:
     signal.signal(signal.SIGINT, interrupt)
     try:
         status = main()
+    except SystemExit as leaving:          # argparse's one-line refusal, sys.exit(): as given
+        code = leaving.code
+        if code is not None and not isinstance(code, int):
+            print(code, file=sys.stderr, flush=True)
+        status = code if isinstance(code, int) else int(code is not None)
     except KeyboardInterrupt as why:
         reason = why.args[0] if why.args else "SIGINT"
         done = "cleaned up" if len(signals) < 3 else "clean-up abandoned"
@@ -783,6 +878,11 @@ def run_workflow(main) -> None:
         status = 130
     except (TaskFailed, IntegrityError, TimeoutError, OSError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
+        status = 1
+    except Exception as error:              # anything else (a set-up that failed, a bug): one
+        where = _save_traceback(prog)       # line too, and the traceback in a file
+        print(f"{prog}: error: {type(error).__name__}: {' '.join(str(error).split())}"
+              + (f" (traceback in {where})" if where else ""), file=sys.stderr, flush=True)
         status = 1
     if "status" in _control:
         with contextlib.suppress(OSError), open(_control["status"], "w") as f:

@@ -8,8 +8,9 @@ What lives here, so that 8_dragon_producer_consumer.py shows only its transport:
 - the data layout: the DDict value pickler (RawPairs), its sizing and placement;
 - the processes: placement policies (one trainer per GPU), a process group whose
   messages the head collects (a failure or a dead process ends the run), its stop;
-- DragonHPC 0.15's busy loops fixed in every process of the runtime (dragon_site/), and
-  a read of DDict values with one copy instead of two (private API, version-guarded).
+- DragonHPC 0.15.0's busy loops fixed in every process of the runtime (dragon_site/) where
+  that helps (PC_DRAGON_FIXES below), and a read of DDict values with one copy instead of
+  two (private API, version-guarded).
 
 Environment knobs (all optional):
   PC_DRAGON_ARGS   options for the `dragon` launcher when the script starts it, e.g.
@@ -17,6 +18,14 @@ Environment knobs (all optional):
                    Not needed on Polaris (PBS + PALS) or under Slurm: Dragon finds those.
   PC_DDICT_BYTES   a fixed DDict size in bytes instead of one sized from the data
   PC_DDICT_READ    "public": read through Dragon's documented API only (see Reader)
+  PC_DRAGON_FIXES  auto (default) | on | off: dragon_site/'s fixes of DragonHPC 0.15.0
+                   (docs/dragon.md). "auto" decides once, where `dragon` is started: on
+                   when the runtime's nodes talk through the TCP transport agents
+                   (`-t tcp` in PC_DRAGON_ARGS, or no HSTA binary), or when it is one node
+                   with at most FEW_CORES (8) cores; off otherwise, so off under HSTA (e.g.
+                   Polaris) and on one big node. "on"/"off" force it. Anything else is
+                   refused before the runtime starts. The record's ddict.dragon_fixes says
+                   what ran.
 """
 from __future__ import annotations
 
@@ -76,8 +85,10 @@ DRAGON_SITE = os.path.join(HERE, "dragon_site")     # see dragon_site/sitecustom
 
 # --------------------------------------------------------------------------- launching
 def in_runtime() -> bool:
-    """True in a process that a Dragon runtime started (`dragon script.py`)."""
-    return "DRAGON_RT_UID" in os.environ
+    """True in a process that a Dragon runtime started (`dragon script.py`): it has a
+    Dragon process id (DRAGON_RT_UID, also set, is missing where the only network is
+    loopback)."""
+    return "DRAGON_MY_PUID" in os.environ
 
 
 def launch_args() -> list[str]:
@@ -98,10 +109,17 @@ def relaunch_under_dragon(script: str, argv: list[str], args=None) -> None:
     """
     if in_runtime():
         return
+    if os.environ.get(CONTROL_ENV):
+        # started by the launcher this function started, yet outside a runtime (seen with
+        # Dragon 0.15 on a machine whose only network is loopback): never relaunch again
+        print(f"{os.path.basename(script)}: error: Dragon's launcher started this script "
+              "without a Dragon runtime (DRAGON_MY_PUID unset); see its messages above",
+              file=sys.stderr, flush=True)
+        sys.exit(1)
     # on the file system the head shares with this node (Dragon starts it in this directory)
     control = tempfile.mkdtemp(prefix=".pc-dragon-", dir=os.getcwd())
-    env = dict(os.environ, **{LAUNCHED_AT_ENV: repr(time.time()), CONTROL_ENV: control,
-                              "PYTHONPATH": runtime_pythonpath()})
+    env = dict(os.environ, **{LAUNCHED_AT_ENV: repr(time.time()), CONTROL_ENV: control},
+               **launch_fixes_env(args.num_nodes if args is not None else None, control))
     # Dragon 0.15 leaves its network-configuration cache in each node's /tmp after an ssh
     # launch, under a new random name each run: one fixed name keeps it to one file a node
     env.setdefault(NET_CONF_SALT_ENV, "pc")
@@ -110,7 +128,8 @@ def relaunch_under_dragon(script: str, argv: list[str], args=None) -> None:
     fewer = args is not None and args.num_nodes < args.available_nodes
     nodes = ["-N", str(args.num_nodes)] if fewer else []
     launcher = subprocess.Popen([sys.executable, "-m", "dragon", *launch_plan()[0], *nodes,
-                                 os.path.abspath(script), *argv], env=env, process_group=0)
+                                 os.path.abspath(script), *argv], env=env, process_group=0,
+                                preexec_fn=_interrupt_when_parent_dies(os.getpid()))
     interrupts = []
 
     def forward(signum, frame):
@@ -125,57 +144,118 @@ def relaunch_under_dragon(script: str, argv: list[str], args=None) -> None:
     signal.signal(signal.SIGTERM, forward)
     try:
         status = launcher.wait()
-        if os.path.exists(os.path.join(control, HEAD_UP)):     # see link_head_to_launcher
-            status = 1                              # a head that never said how it ended
-        with contextlib.suppress(OSError, ValueError), open(os.path.join(control, STATUS)) as f:
-            status = int(f.read())
+        try:                                        # written by the head (run_workflow)
+            with open(os.path.join(control, STATUS)) as f:
+                status = int(f.read())
+        except (OSError, ValueError):
+            # Dragon 0.15's multi-node launcher exits with 0 whatever the head did: a head
+            # that never said how it ended has failed (killed, or stopped by an interrupt)
+            if interrupts:
+                status = 130
+            elif status == 0:
+                print(f"{os.path.basename(script)}: error: the head process ended inside the "
+                      "Dragon runtime without reporting how (see the lines above)",
+                      file=sys.stderr, flush=True)
+                status = 1
     finally:
         shutil.rmtree(control, ignore_errors=True)
     sys.exit(status if status >= 0 else 128 - status)
 
 
+def _interrupt_when_parent_dies(parent: int):
+    """For the launcher's Popen: the launcher gets SIGINT (and tears its runtime down) when
+    the process that started it dies, e.g. SIGKILLed by `timeout --kill-after`; it runs in
+    a process group of its own, so nothing else would stop it (Linux's PR_SET_PDEATHSIG)."""
+    def arrange():
+        import ctypes
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)    # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:                  # it died before prctl took effect
+            os.kill(os.getpid(), signal.SIGINT)
+    return arrange
+
+
 def link_head_to_launcher(interrupts: bool = True) -> None:
     """In the head: the exit status goes back to relaunch_under_dragon() through a file
-    (Dragon 0.15's multi-node launcher always exits with 0). With `interrupts`, Ctrl-C or
+    (Dragon 0.15's multi-node launcher always exits with 0; a head that fails before this,
+    e.g. refused by check_args, has its status written all the same: _status_to_launcher).
+    With `interrupts`, Ctrl-C or
     SIGTERM never lands in the middle of a Dragon call (see common.defer_interrupts), and
     one that relaunch_under_dragon() received where the script was started reaches this
     head too, on whichever node it runs, through a file; without, Ctrl-C goes to Dragon's
     launcher, which stops the runtime."""
-    control = os.environ.get(CONTROL_ENV)
-    if control and os.path.isdir(control):
-        common.control_files(os.path.join(control, INTERRUPT), os.path.join(control, STATUS))
+    control = _status_to_launcher()
     if interrupts:
         common.defer_interrupts()
-        if control and os.path.isdir(control):
+        if control:
             open(os.path.join(control, HEAD_UP), "w").close()
 
 
-def runtime_pythonpath() -> str:
-    """PYTHONPATH for the runtime's processes: dragon_site/ first (its sitecustomize fixes
-    Dragon 0.15 in every process, Dragon's own agents included), then this repository,
-    for common.py and this module."""
-    return os.pathsep.join(dict.fromkeys(filter(None, [
-        DRAGON_SITE, HERE, *os.environ.get("PYTHONPATH", "").split(os.pathsep)])))
+def _status_to_launcher() -> str | None:
+    """Inside a runtime that relaunch_under_dragon() started: run_workflow writes the head's
+    exit status, however it ends, into the folder both share (returned), and its interrupt
+    file counts as Ctrl-C. Done when this module is imported, so that a head refused by
+    check_args reports too. Worker processes import it as well, but never run run_workflow."""
+    control = os.environ.get(CONTROL_ENV)
+    if not (in_runtime() and control and os.path.isdir(control)):
+        return None
+    common.control_files(os.path.join(control, INTERRUPT), os.path.join(control, STATUS))
+    return control
+
+
+_status_to_launcher()
+
+
+def runtime_pythonpath(fixes: bool = True) -> str:
+    """PYTHONPATH for the runtime's processes: dragon_site/ first when `fixes` (its
+    sitecustomize fixes Dragon 0.15.0 in every process, Dragon's own agents included) and
+    nowhere when not, then this repository, for common.py and this module."""
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+            if p and os.path.abspath(p) != DRAGON_SITE]
+    return os.pathsep.join(dict.fromkeys([*([DRAGON_SITE] if fixes else []), HERE, *rest]))
 
 
 def init_head() -> None:
     """In the head process, inside the runtime: Dragon's start method for multiprocessing,
-    the Dragon 0.15 fix here too (started by `dragon` itself, this process missed it), and
-    the PYTHONPATH that the processes it starts inherit."""
+    dragon_site's fixes here too where they are on (a head started by `dragon` itself missed
+    them), and the PYTHONPATH, with or without dragon_site/, that the processes it starts
+    inherit.
+
+    Whether they are on: as relaunch_under_dragon() decided before the runtime started
+    ($PC_DRAGON_FIXES_RULE); else (`dragon SCRIPT` typed by hand) on if dragon_site/ was on
+    PYTHONPATH (then the whole runtime has them), else by the same rule, applied here with
+    the runtime's own transport, nodes and cores: then only this head and the processes it
+    starts get them, Dragon's own processes do not."""
     import multiprocessing as mp
-    global _RUNTIME_FIXED
+    global _FIXES
     mp.set_start_method("dragon")
+    setting = fixes_setting()
+    decided = os.environ.get(FIXES_RULE_ENV, "")
     # started with dragon_site on PYTHONPATH, the launcher passed it to the whole runtime
-    _RUNTIME_FIXED = DRAGON_SITE in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    os.environ["PYTHONPATH"] = runtime_pythonpath()
-    runpy.run_path(os.path.join(DRAGON_SITE, "sitecustomize.py"), run_name="dragon_site")["install"]()
+    site_on_path = DRAGON_SITE in map(os.path.abspath, filter(
+        None, os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    if decided.startswith(("on: ", "off: ")):
+        on, rule = decided.startswith("on: "), decided.split(": ", 1)[1]
+    elif site_on_path and setting != "off":
+        on, rule = True, "dragon_site/ was on PYTHONPATH when `dragon` started"
+    else:
+        nodes = [Node(h) for h in System().nodes]
+        on, rule = fixes_rule(setting, runtime_transport(), len(nodes),
+                              min(n.num_cpus for n in nodes))
+        if on:
+            rule += " (the head and its processes only: `dragon` started without dragon_site/)"
+    _FIXES = {"setting": setting, "rule": rule,
+              "agents": on and site_on_path and dragon_version_patched()}
+    os.environ["PYTHONPATH"] = runtime_pythonpath(on)
+    if on:
+        _SITE["install"]()
 
 
-_RUNTIME_FIXED = False
+_FIXES = {"setting": None, "rule": "init_head() was not called", "agents": False}
 
 
 def queue_poll_fixed() -> bool:
-    """Whether this process runs with dragon_site's fix of Queue.poll."""
+    """Whether this process runs with dragon_site's fix of Queue.poll (it waits)."""
     return bool(getattr(Queue.poll, "patched_by", None))
 
 
@@ -186,9 +266,17 @@ def queue_get_sleeps() -> bool:
 
 def runtime_fixed() -> bool:
     """Whether Dragon's own processes (transport agents, services) have dragon_site's fixes
-    too: yes when started with `python SCRIPT` (or `dragon` with dragon_site on PYTHONPATH);
-    plain `dragon SCRIPT` fixes only the head and the processes it starts."""
-    return _RUNTIME_FIXED and queue_poll_fixed()
+    too: yes when the rule put dragon_site/ on the launcher's PYTHONPATH (`python SCRIPT`,
+    or `dragon` with dragon_site on PYTHONPATH); plain `dragon SCRIPT` fixes at most the
+    head and the processes it starts."""
+    return _FIXES["agents"]
+
+
+def fixes_record() -> dict:
+    """Which of dragon_site's fixes ran, and why: the record's ddict.dragon_fixes."""
+    return {"setting": _FIXES["setting"], "rule": _FIXES["rule"],
+            "queue_poll_waits": queue_poll_fixed(), "queue_get_sleeps": queue_get_sleeps(),
+            "agents_fixed": runtime_fixed()}
 
 
 def ddict_timeout_s(nodes: list, processes_per_node: int) -> int:
@@ -238,8 +326,8 @@ def launch_plan() -> tuple[list[str], int]:
             return [*options_given, "--single-node-override"], 1
         name = getattr(wlm, "name", None)
         if name == "slurm":
-            hosts = ["?"] * int(os.environ.get("SLURM_JOB_NUM_NODES")
-                                or os.environ.get("SLURM_NNODES") or 1)
+            # Dragon starts its Slurm back ends on every node of the allocation (-N: on that many)
+            hosts = common.slurm_hosts()
         elif name == "pbs+pals":
             hosts = common.pbs_hosts()
     count = len(dict.fromkeys(hosts)) or 1
@@ -249,6 +337,8 @@ def launch_plan() -> tuple[list[str], int]:
 def check_args(parser, argv: list[str]):
     """Refuse, in one line and before the runtime starts, what the nodes cannot hold."""
     args = parser.parse_args(argv)
+    if in_runtime() and os.environ.get(common.FAIL_ENV) == "head:0":    # for the tests
+        parser.error(f"failure injected through {common.FAIL_ENV}=head:0, inside the runtime")
     try:
         args.available_nodes = launch_plan()[1]
     except (OSError, RuntimeError, ValueError) as error:
@@ -259,9 +349,6 @@ def check_args(parser, argv: list[str]):
         parser.error(f"argument --num_nodes: this Dragon runtime has {args.available_nodes} "
                      f"node(s); start it with `dragon -N {args.num_nodes}` instead")
     num_nodes = args.num_nodes
-    gpus = common.gpus_per_node() * num_nodes
-    if gpus and args.num_trainers > gpus:
-        parser.error(f"argument --num_trainers: one trainer per GPU, and there are {gpus} GPUs")
     _, on_busiest_node = ddict_size(args.num_sims, args.grid_size, num_nodes)
     fixed = os.environ.get(DDICT_BYTES_ENV)
     if fixed is not None and not (fixed.isdigit() and int(fixed) >= MIN_PER_MANAGER):
@@ -279,6 +366,10 @@ def check_args(parser, argv: list[str]):
     if on_busiest_node > shm_free:
         parser.error(f"arguments --num_sims/--grid_size: the DDict needs {on_busiest_node / gb:.1f}"
                      f" GB of /dev/shm on a node, but only {shm_free / gb:.1f} GB are free")
+    try:
+        fixes_setting()
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
@@ -404,8 +495,7 @@ def describe(d: DDict, requested: int, timeout_s: int) -> dict:
             "used_bytes": sum(m.total_used_bytes for m in managers),
             "keys": sum(m.num_keys for m in managers),
             "keys_per_manager": [m.num_keys for m in managers], "timeout_s": timeout_s,
-            "queue_poll_fixed": queue_poll_fixed(), "queue_get_sleeps": queue_get_sleeps(),
-            "runtime_fixed": runtime_fixed(),
+            "dragon_fixes": fixes_record(),
             "read_path": read_path(),
             "layout": "one value per simulation, key = index, raw float64 bytes in "
                       "power-of-two pieces, written to a manager on the simulation's node, "
@@ -419,15 +509,16 @@ def on(hostname: str, gpu: int | None = None) -> Policy:
                   gpu_affinity=[] if gpu is None else [gpu])
 
 
-def trainer_policies(nodes: list, num_trainers: int) -> list[Policy]:
-    """One trainer per GPU, spread over the nodes first; round-robin on CPUs without GPUs."""
-    gpus = sorted(((gpu, n) for n, node in enumerate(nodes) for gpu in range(node.num_gpus)))
-    if gpus:
-        if num_trainers > len(gpus):
+def trainer_policies(hosts: list[str], num_trainers: int, gpus_per_node: int) -> list[Policy]:
+    """One trainer per GPU, spread over the nodes first (GPU 0 of every node, then GPU 1...);
+    round-robin over the nodes where they have no GPUs. check_args refused more trainers
+    than GPUs already; the count is common.gpus_per_node(), as Parsl's."""
+    if gpus_per_node:
+        if num_trainers > gpus_per_node * len(hosts):
             raise common.TaskFailed(f"{num_trainers} trainers asked for, but one per GPU is "
-                                    f"the rule and the runtime has {len(gpus)} GPUs")
-        return [on(nodes[n].hostname, gpu) for gpu, n in gpus[:num_trainers]]
-    return [on(nodes[rank % len(nodes)].hostname) for rank in range(num_trainers)]
+                                    f"the rule and the nodes have {gpus_per_node * len(hosts)}")
+        return [on(hosts[rank % len(hosts)], rank // len(hosts)) for rank in range(num_trainers)]
+    return [on(hosts[rank % len(hosts)]) for rank in range(num_trainers)]
 
 
 @contextlib.contextmanager
@@ -461,7 +552,8 @@ class Workflow:
         self.nodes = [Node(h) for h in System().nodes]
         self.hosts = [socket.gethostname() if n.hostname == "localhost" else n.hostname
                       for n in self.nodes]
-        self.trainer_policies = trainer_policies(self.nodes, args.num_trainers)
+        self.trainer_policies = trainer_policies([n.hostname for n in self.nodes],
+                                                 args.num_trainers, common.gpus_per_node())
         cpus = min(n.num_cpus for n in self.nodes)
         self.sims_per_node = min(-(-args.num_sims // len(self.nodes)), cpus)
         self.num_sim_workers = self.sims_per_node * len(self.nodes)
@@ -560,7 +652,93 @@ def workflow(args, run_dir: str):
 
 
 # --------------------------------------------------------------------------- DragonHPC 0.15
-PATCHED_VERSIONS = ("0.15",)
+# dragon_site/sitecustomize.py's constants, read from the file itself: one copy of each
+_SITE = runpy.run_path(os.path.join(DRAGON_SITE, "sitecustomize.py"), run_name="dragon_site")
+PATCHED_VERSIONS = _SITE["PATCHED_VERSIONS"]    # exact versions the fixes were measured on
+FIXES_ENV = _SITE["SWITCH_ENV"]                 # PC_DRAGON_FIXES: auto | on | off
+FIXES_SETTINGS = ("auto", "on", "off")
+FIXES_RULE_ENV = "PC_DRAGON_FIXES_RULE"         # "on: why" / "off: why", launcher to head
+FEW_CORES = 8       # a node of at most this many cores gets the fixes (docs/dragon.md)
+
+
+def dragon_version_patched() -> bool:
+    """Whether this DragonHPC is exactly a version dragon_site's fixes were measured on."""
+    return metadata.version("dragonhpc") in PATCHED_VERSIONS
+
+
+def fixes_setting() -> str:
+    """$PC_DRAGON_FIXES: "auto" (also when unset or empty), "on" or "off"; ValueError else."""
+    value = os.environ.get(FIXES_ENV, "").strip().lower() or "auto"
+    if value not in FIXES_SETTINGS:
+        raise ValueError(f"{FIXES_ENV}={os.environ[FIXES_ENV]!r}: give auto, on or off")
+    return value
+
+
+def fixes_rule(setting: str, transport: str | None, nodes: int, cores: int) -> tuple[bool, str]:
+    """Whether a runtime gets dragon_site's fixes, and why: `transport` between its nodes
+    ("tcp" or "hsta"), its node count, and the cores of one node.
+
+    The fixes stop Dragon 0.15.0's spinning (TCP agents 40-70% of a core each, idle; a
+    DDict's orchestrator a whole core) but make every Queue wait that has idled past ~30 ms
+    see its message up to 20 ms late, in Dragon's own control plane too. So: on with the
+    TCP agents; off under HSTA (it has no such agent, and its Python wrapper's queues are
+    patched too); on one node, on when the spinning is a large share of its cores."""
+    if setting != "auto":
+        return setting == "on", f"{FIXES_ENV}={setting}"
+    if nodes > 1 and transport == "tcp":
+        return True, f"auto: {nodes} nodes over the TCP transport agents, which spin without them"
+    if nodes > 1:
+        return False, (f"auto: {nodes} nodes over {transport}: no TCP agents to calm, and "
+                       f"Dragon's control plane keeps its own waits")
+    if cores <= FEW_CORES:
+        return True, (f"auto: one node of {cores} cores (at most {FEW_CORES}): Dragon's "
+                      f"spinning would take a large share of them")
+    return False, (f"auto: one node of {cores} cores (more than {FEW_CORES}): Dragon's "
+                   f"spinning costs little there")
+
+
+def runtime_transport() -> str:
+    """The transport agent between the nodes of the runtime `dragon` will start with
+    $PC_DRAGON_ARGS (inside a runtime: the one it has): "tcp" or "hsta", as Dragon's
+    launcher decides it (HSTA by default, TCP when asked or without the HSTA binary)."""
+    from dragon.infrastructure import facts
+    if in_runtime() and os.environ.get(facts.env_name("TRANSPORT_AGENT")):
+        return os.environ[facts.env_name("TRANSPORT_AGENT")]
+    from dragon.launcher import launchargs
+    with contextlib.redirect_stderr(io.StringIO()):          # argparse prints usage
+        try:
+            chosen = launchargs.get_args([*launch_args(), "script.py"]).get("transport")
+        except SystemExit:
+            chosen = None
+    if chosen is None or chosen is facts.TransportAgentOptions.DRAGON_CONFIG:
+        return "hsta" if facts.HSTA_BINARY.is_file() else "tcp"
+    return str(chosen)
+
+
+def fixes_for_launch(nodes: int | None = None) -> tuple[bool, str]:
+    """The rule, decided once where `dragon` is started (relaunch_under_dragon, or the main
+    job's DRAGON_LAUNCH=dragon line): its launch options, `nodes` (None: as launch_plan()
+    counts them) and this node's cores. ValueError for a bad $PC_DRAGON_FIXES."""
+    setting = fixes_setting()
+    if setting != "auto":
+        return fixes_rule(setting, None, 0, 0)
+    return fixes_rule(setting, runtime_transport(), nodes or launch_plan()[1],
+                      len(os.sched_getaffinity(0)))
+
+
+def launch_fixes_env(nodes: int | None = None, made: str | None = None) -> dict:
+    """The launcher's PYTHONPATH (with dragon_site/ or without) and $PC_DRAGON_FIXES_RULE,
+    the decision, for the head's record. A bad $PC_DRAGON_FIXES ends the script here, in
+    one line, after removing the (empty) folder `made` (check_args refuses it earlier)."""
+    try:
+        on, rule = fixes_for_launch(nodes)
+    except ValueError as error:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
+        print(f"{os.path.basename(sys.argv[0])}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    return {"PYTHONPATH": runtime_pythonpath(on),
+            FIXES_RULE_ENV: f"{'on' if on else 'off'}: {rule}"}
 
 
 # The one-copy read (Reader): Dragon's get, as DDict.__getitem__ does it in 0.15, except
@@ -568,7 +746,7 @@ PATCHED_VERSIONS = ("0.15",)
 # instead of being handed to the pickler as new bytes objects. Private attributes of the
 # DDict client: only on the versions it was checked on, else the public get runs.
 def one_copy_supported() -> bool:
-    if not metadata.version("dragonhpc").startswith(PATCHED_VERSIONS):
+    if not dragon_version_patched():
         return False
     from dragon import fli
     return hasattr(fli.FLIRecvH, "recv_bytes_into") and all(

@@ -114,34 +114,57 @@ def mpi_flavour(mpiexec: str = "mpiexec") -> str:
 
 
 class _MpiExecLauncher(MpiExecLauncher):
-    """Parsl's MpiExecLauncher, with its host list kept next to the submit scripts."""
+    """Parsl's MpiExecLauncher, started on exactly the run's hosts, in the run's order, with
+    its host list kept next to the submit scripts."""
+
+    def __init__(self, hosts: list[str], **options):
+        super().__init__(**options)
+        self.hosts = list(hosts)
 
     def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int,
                  script_dir: str = "") -> str:
         script = super().__call__(command, tasks_per_node, nodes_per_block, script_dir)
         # Parsl writes the deduplicated $PBS_NODEFILE into the current directory, which
         # litters wherever the user ran the script; the run directory is the place for it
-        return script.replace('HOSTFILE="$JOBNAME.nodes"',
-                              'HOSTFILE="${SCRIPT_DIR:-.}/$JOBNAME.nodes"')
+        script = script.replace('HOSTFILE="$JOBNAME.nodes"',
+                                'HOSTFILE="${SCRIPT_DIR:-.}/$JOBNAME.nodes"')
+        # and it takes `sort -u $PBS_NODEFILE`: with --num_nodes N, mpiexec -n N would start
+        # the managers on the first N hosts in sorted order, not on the N the run uses
+        hosts = " ".join(shlex.quote(host) for host in self.hosts)
+        written = f"printf '%s\\n' {hosts} > $HOSTFILE"
+        lines, out, skip = script.splitlines(), [], 0
+        for line in lines:
+            if skip:
+                skip -= 1
+                continue
+            if line.startswith('if [ -z "$PBS_NODEFILE" ]; then'):
+                out.append(written)
+                skip = 4                    # the rest of Parsl's if/else/fi
+                continue
+            out.append(line)
+        if written not in out:
+            raise RuntimeError("parsl_config: Parsl's MpiExecLauncher script changed; "
+                               "cannot give it the run's host list")
+        return "\n".join(out) + "\n"
 
 
-def mpi_launcher(flavour: str) -> MpiExecLauncher:
-    """One manager per node. Parsl writes `mpiexec <bind_cmd> none <overrides> -n <nodes>
-    --hostfile <unique hosts of $PBS_NODEFILE> sh cmd.sh`; the overrides put one rank per node
-    and leave the cores to the manager, which places its own workers."""
+def mpi_launcher(flavour: str, hosts: list[str]) -> MpiExecLauncher:
+    """One manager per node of `hosts`. Parsl writes `mpiexec <bind_cmd> none <overrides>
+    -n <nodes> --hostfile <hosts> sh cmd.sh`; the overrides put one rank per node and leave
+    the cores to the manager, which places its own workers."""
     if flavour == "pals":
         # ALCF's Polaris recipe: one rank per node, spanning every hardware thread
-        return _MpiExecLauncher(bind_cmd="--cpu-bind",
+        return _MpiExecLauncher(hosts, bind_cmd="--cpu-bind",
                                 overrides=f"--depth={os.cpu_count() or 1} --ppn 1")
     if flavour == "hydra":
-        return _MpiExecLauncher(bind_cmd="-bind-to", overrides="-ppn 1")
+        return _MpiExecLauncher(hosts, bind_cmd="-bind-to", overrides="-ppn 1")
     if flavour == "openmpi":
         # --map-by node: ranks round-robin over the hosts, so -n <nodes> gives one per node.
         # Open MPI passes no environment unless told (-x), and refuses root without the flag.
         carry = ["PATH", "PYTHONPATH"] + [name for name in ("VIRTUAL_ENV", "LD_LIBRARY_PATH")
                                           if name in os.environ]
         root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
-        return _MpiExecLauncher(bind_cmd="--bind-to", overrides=" ".join(
+        return _MpiExecLauncher(hosts, bind_cmd="--bind-to", overrides=" ".join(
             ["--map-by", "node", "--oversubscribe"] + [f"-x {name}" for name in carry] + root))
     raise ValueError(f"unknown MPI flavour {flavour!r}")
 
@@ -235,7 +258,7 @@ def make_config(run_dir: str, sim_workers: int, trainer_workers: int, gpus: int 
     slurm = multi_node and common.in_slurm_job()
     if multi_node:
         address = interchange_address(interface)
-        mpi = None if slurm else mpi_launcher(mpi_flavour())
+        mpi = None if slurm else mpi_launcher(mpi_flavour(), hosts)
     else:
         address, mpi = "127.0.0.1", None
 
@@ -361,6 +384,20 @@ class Layout:
         return (f"Parsl up on {len(self.hosts)} node(s): {self.sim_workers} simulation and "
                 f"{self.trainer_workers} trainer workers per node")
 
+    @classmethod
+    def plan(cls, hosts: list[str], num_sims: int, num_trainers: int, gpus: int,
+             cpus: int) -> "Layout":
+        """At most one simulation worker per core and per simulation on each node; trainers
+        spread evenly over the nodes, one per GPU where there are GPUs (check_args refused
+        more trainers on a node than it has GPUs: Parsl would start only one worker per GPU
+        and start() would wait for the others in vain)."""
+        trainer_workers = -(-num_trainers // len(hosts))
+        if gpus and trainer_workers > gpus:
+            raise ValueError(f"{trainer_workers} trainers per node, but {gpus} GPUs per node")
+        return cls(list(hosts), gpus, sim_workers=min(-(-num_sims // len(hosts)), cpus),
+                   trainer_workers=trainer_workers,
+                   cpu_threads=0 if gpus else max(1, cpus // trainer_workers))
+
 
 @contextlib.contextmanager
 def workflow(run_dir: str, num_sims: int, num_trainers: int, num_nodes: int | None = None):
@@ -370,17 +407,14 @@ def workflow(run_dir: str, num_sims: int, num_trainers: int, num_nodes: int | No
     worker per core and per simulation on each node; trainers are spread evenly over the
     nodes, one per GPU where there are GPUs.
     """
-    hosts = common.node_hosts()[:num_nodes]
-    gpus = common.gpus_per_node()
-    cpus = os.cpu_count() or 1
-    sim_workers = min(-(-num_sims // len(hosts)), cpus)
-    trainer_workers = -(-num_trainers // len(hosts))
-    layout = Layout(hosts, gpus, sim_workers, trainer_workers,
-                    cpu_threads=0 if gpus else max(1, cpus // trainer_workers))
-    config = make_config(run_dir, sim_workers, trainer_workers, gpus, hosts=hosts)
+    layout = Layout.plan(common.node_hosts()[:num_nodes], num_sims, num_trainers,
+                         common.gpus_per_node(), os.cpu_count() or 1)
+    hosts = layout.hosts
+    config = make_config(run_dir, layout.sim_workers, layout.trainer_workers, layout.gpus,
+                         hosts=hosts)
     try:
-        with start(config, {SIMULATORS: sim_workers * len(hosts),
-                            TRAINERS: trainer_workers * len(hosts)}):
+        with start(config, {SIMULATORS: layout.sim_workers * len(hosts),
+                            TRAINERS: layout.trainer_workers * len(hosts)}):
             yield layout
     finally:
         if len(hosts) > 1 and common.in_slurm_job():

@@ -120,25 +120,9 @@ up_failed() {
     exit "$((status ? status : 1))"
 }
 
-# apt-get, one at a time: the tests may install packages from two processes at once
-apt_get() {
-    if [[ -d /run/lock ]]; then flock /run/lock/pc-apt.lock apt-get "$@"; else apt-get "$@"; fi
-}
-
-# Debian's openssh-server is installed when sshd is missing
+# Debian's openssh-server is installed when sshd is missing (install_packages.sh: the one place)
 need_sshd() {
-    local install=(apt_get install -y -q openssh-server) tool
-    if ! command -v sshd >/dev/null && command -v apt-get >/dev/null; then
-        say "no sshd: installing openssh-server"
-        # a fresh machine may have no package lists yet
-        DEBIAN_FRONTEND=noninteractive "${install[@]}" >&2 ||
-            { DEBIAN_FRONTEND=noninteractive apt_get update -q >&2 &&
-              DEBIAN_FRONTEND=noninteractive "${install[@]}" >&2; } || true
-    fi
-    command -v sshd >/dev/null || die "no sshd, and 'apt-get install -y openssh-server' failed"
-    for tool in ssh ssh-keygen; do
-        command -v "$tool" >/dev/null || die "up needs '$tool' (openssh-client)"
-    done
+    bash "$HERE/install_packages.sh" cluster || die "no sshd, and 'apt-get install openssh-server' failed"
 }
 
 # keys, the host list and the configuration files that the nodes bind over their own

@@ -23,7 +23,6 @@ STATE=$HERE/.state
 DIR=$STATE/slurm
 CLUSTER=$HERE/local_cluster.sh
 SUBNET=10.250.0             # as in local_cluster.sh: node K is $SUBNET.K
-PACKAGES=(slurmctld slurmd slurm-client munge)
 # the daemons get a clean environment: not the caller's (its venv, its test tags)
 DAEMON_ENV=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "SLURM_CONF=$DIR/slurm.conf")
 
@@ -80,26 +79,10 @@ up_failed() {
     exit "$((status ? status : 1))"
 }
 
-# apt-get, one at a time: the tests may install packages from two processes at once
-apt_get() {
-    if [[ -d /run/lock ]]; then flock /run/lock/pc-apt.lock apt-get "$@"; else apt-get "$@"; fi
-}
-
-# Debian's packages are installed when missing (their services are not used: the daemons
-# here are started with this cluster's files)
+# Debian's Slurm and munge are installed when missing (install_packages.sh: the one place;
+# their services are not used: the daemons here are started with this cluster's files)
 need_slurm() {
-    local install=(apt_get install -y -q --no-install-recommends "${PACKAGES[@]}") tool
-    if ! command -v slurmd >/dev/null || ! command -v slurmctld >/dev/null ||
-       ! command -v sbatch >/dev/null || ! command -v munged >/dev/null; then
-        command -v apt-get >/dev/null || die "no Slurm here, and no apt-get to install ${PACKAGES[*]}"
-        say "installing ${PACKAGES[*]}"
-        DEBIAN_FRONTEND=noninteractive "${install[@]}" >&2 ||
-            { DEBIAN_FRONTEND=noninteractive apt_get update -q >&2 &&
-              DEBIAN_FRONTEND=noninteractive "${install[@]}" >&2; } || true
-    fi
-    for tool in slurmctld slurmd sbatch srun scontrol sinfo munged; do
-        command -v "$tool" >/dev/null || die "no '$tool', and 'apt-get install ${PACKAGES[*]}' failed"
-    done
+    bash "$HERE/install_packages.sh" slurm || die "no Slurm, and 'bash cluster/install_packages.sh slurm' could not install it"
 }
 
 write_config() {

@@ -1,6 +1,7 @@
 """Fixes for DragonHPC 0.15, loaded by every Python process of the Dragon runtimes that 7
 and 8 start: Python imports `sitecustomize` at start-up from the first folder on
-PYTHONPATH that has one, and dragon_config.py puts this folder there. Dragon passes
+PYTHONPATH that has one, and dragon_config.py puts this folder there when its rule says
+so (PC_DRAGON_FIXES; below, "The price"). Dragon passes
 PYTHONPATH on to its processes on every node, its own transport agents included, so the
 fixes reach them too.
 
@@ -22,8 +23,19 @@ fixes reach them too.
    on a channel of this node now sleeps until an item is there (checks after 1, 2, 4 ...
    ms, then every 20 ms) and only then receives it, with Dragon's own get; a get with
    block=False, on another node's channel, or with a stream channel is Dragon's as it is.
-Only DragonHPC 0.15 is patched, and only when Dragon's queue module is imported; other
-processes pay one import hook. Another sitecustomize further along the path is still run.
+3. The TCP transport agent's receive loop waits 1 s at a time instead of 0.1 s.
+
+The price: a process whose Queue waits have been idle for more than ~30 ms sees the next
+message up to 20 ms late, and Dragon's own services (global and local services, HSTA's
+Python wrapper: their InfraQueue is a Queue) are patched too, so every hop of the runtime's
+control plane can add that much. So dragon_config.py puts this folder on PYTHONPATH only
+where the spinning costs more than that (PC_DRAGON_FIXES, see dragon_config.py and
+docs/dragon.md). PC_DRAGON_FIXES=off in a process's environment keeps the fixes out of it
+even with this folder on PYTHONPATH.
+
+Only DragonHPC 0.15.0, the version this was measured on (PATCHED_VERSIONS), is patched,
+and only when Dragon's queue module is imported; other processes pay one import hook.
+Another sitecustomize further along the path is still run.
 """
 import importlib.abc
 import importlib.machinery
@@ -33,7 +45,8 @@ import queue as queue_errors
 import sys
 import time
 
-PATCHED_VERSIONS = ("0.15",)
+PATCHED_VERSIONS = ("0.15.0",)    # exact versions; dragon_config.py reads this one too
+SWITCH_ENV = "PC_DRAGON_FIXES"     # "off": no fix in this process (see dragon_config.py)
 POLL_EVERY_S = 0.02         # control messages wait at most this long; a sleep costs ~nothing
 FIRST_CHECK_S = 0.001       # a get checks again after 1, 2, 4 ... ms, up to POLL_EVERY_S
 QUEUE_MODULE = "dragon.native.queue"
@@ -96,7 +109,7 @@ def fix(queue_module) -> bool:
     queue = queue_module.Queue
     if getattr(queue.poll, "patched_by", None):
         return True
-    if not metadata.version("dragonhpc").startswith(PATCHED_VERSIONS):
+    if metadata.version("dragonhpc") not in PATCHED_VERSIONS:
         return False
     poll_now = queue.poll
     queue.poll = _waiting_poll(poll_now)
@@ -107,7 +120,7 @@ def fix(queue_module) -> bool:
 def calm_agent(client_module) -> bool:
     """The TCP agent's receive loop: waits of 1 s instead of 0.1 s between its checks."""
     from importlib import metadata
-    if not metadata.version("dragonhpc").startswith(PATCHED_VERSIONS):
+    if metadata.version("dragonhpc") not in PATCHED_VERSIONS:
         return False
     client_module.Client.recv.__defaults__ = (AGENT_RECV_S,)
     return True
@@ -152,6 +165,11 @@ def _run_next_sitecustomize() -> None:
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
 
+def switched_off() -> bool:
+    return os.environ.get(SWITCH_ENV, "").strip().lower() == "off"
+
+
 if __name__ == "sitecustomize":
-    install()
+    if not switched_off():
+        install()
     _run_next_sitecustomize()

@@ -317,6 +317,20 @@ def cluster_workdir(request):
 
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session):
+    """Before any test (and before xdist starts its workers): the Debian packages the tests
+    use (sshd, mpiexec, Slurm, redis-server, shellcheck), installed where missing, in one
+    place (cluster/install_packages.sh says what it installs). Without root or apt-get
+    nothing is installed, and the tests that need a missing program skip, saying why."""
+    if hasattr(session.config, "workerinput") or os.geteuid() != 0:
+        return
+    capture = session.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        subprocess.run(["bash", str(ROOT / "cluster" / "install_packages.sh"), "tests"],
+                       timeout=1800)
+
+
 def pytest_xdist_make_scheduler(config, log):
     """Two groups of tests for pytest-xdist's two processes (pytest.ini): the ones on the
     local cluster (the files test_cluster*.py and test_slurm.py) run one at a time in one

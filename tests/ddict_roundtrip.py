@@ -97,4 +97,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    common.run_workflow(main)    # its exit status reaches the launching process, on any node

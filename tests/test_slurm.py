@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -137,6 +138,33 @@ def test_hostnames_as_scontrol_expands_them(slurm):
     assert [common.expand_hostlist(nodelist) for nodelist in lists] == expanded
 
 
+def test_dragon_counts_the_nodes_of_the_allocation(slurm, cluster_workdir):
+    """Inside `salloc -N 2`, without starting Dragon: the node count that `python 8_...`
+    checks --num_nodes against (and gives Dragon -N from) is the allocation's, 2, and `-N 1`
+    in PC_DRAGON_ARGS makes it 1; --num_nodes 2 is accepted, 3 refused in one line."""
+    env = slurm.job_env(cluster_workdir)
+    code = ("import os, dragon_config as dc; print(dc.launch_plan()[1]); "
+            "os.environ['PC_DRAGON_ARGS'] += ' -N 1'; print(dc.launch_plan()[1])")
+    salloc = ["salloc", "-N", "2", "-t", "5", "-J", "pc-count"]
+    counted = slurm.cluster.run(1, [*salloc, sys.executable, "-c", code], cwd=ROOT, env=env,
+                                timeout=120)
+    assert counted.returncode == 0, counted.stderr
+    assert counted.stdout.split() == ["2", "1"], counted.stderr
+    check = ("import sys, common, dragon_config as dc; "
+             "args = dc.check_args(common.make_parser(''), sys.argv[1:]); "
+             "print(args.num_nodes, args.available_nodes)")
+    tiny = ["--num_sims", "4", "--grid_size", "16", "--epochs", "0"]
+    accepted = slurm.cluster.run(1, [*salloc, sys.executable, "-c", check, "--num_nodes", "2",
+                                     *tiny], cwd=ROOT, env=env, timeout=120)
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stdout.split() == ["2", "2"]
+    refused = slurm.cluster.run(1, [*salloc, sys.executable, "8_dragon_producer_consumer.py",
+                                    "--num_nodes", "3", *tiny], cwd=ROOT, env=env, timeout=120)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert ("argument --num_nodes: 3 nodes asked for, but the allocation has 2"
+            in refused.stderr)
+
+
 def test_the_job_sizes_itself_from_sbatch_options(slurm, cluster_workdir):
     """#SBATCH defaults overridden on the command line: -N 1 makes a one-node job, and the
     dry run shows the sizes and results directory it takes from that allocation."""
@@ -164,9 +192,8 @@ def test_main_job_under_sbatch_runs_on_both_nodes(slurm, cluster_workdir):
     """`sbatch -N 2 9_submit_multinode.sh`: run from the submit directory, results in
     results/<job id>/, srun starts a Parsl manager on each node, 2-node rows in the table.
 
-    Not the DDict: `dragon` under this Slurm works (it finds the allocation and starts its
-    back ends with srun), but its runtime takes 1.5-2 minutes to start on two of these
-    nodes, more than the rest of this test; add "ddict" to TRANSPORTS to check it too."""
+    Not the DDict: test_ddict_under_sbatch_on_one_and_two_nodes runs it in a job of its own
+    (TRANSPORTS="ddict" here would check it on both nodes as well)."""
     out = cluster_workdir / "job.out"
     env = slurm.job_env(cluster_workdir, TRANSPORTS="filesystem futures", GRID_SIZES="16",
                         NUM_SIMS="4", WARMUP="0", COMPUTE_TIME="0", RUN_TIMEOUT="600",
@@ -213,11 +240,58 @@ def test_main_job_under_sbatch_runs_on_both_nodes(slurm, cluster_workdir):
                 (ROOT / "results").rmdir()          # made by this job, if nothing else is in it
             except OSError:
                 pass
-    # the job's processes and files are gone from both nodes (Slurm's own stay up)
+    assert_nothing_left(slurm, cluster_workdir)
+
+
+def assert_nothing_left(slurm, workdir):
+    """The job's processes and files are gone from both nodes (Slurm's own stay up)."""
     deadline = time.monotonic() + 30
-    while (slurm.leftovers() or leftover_processes(cluster_workdir)) and time.monotonic() < deadline:
+    while (slurm.leftovers() or leftover_processes(workdir)) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert slurm.leftovers() == {} and leftover_processes(cluster_workdir) == []
+    assert slurm.leftovers() == {} and leftover_processes(workdir) == []
+
+
+def test_ddict_under_sbatch_on_one_and_two_nodes(slurm, cluster_workdir):
+    """`NODES="1 2" TRANSPORTS=ddict sbatch -N 2 9_submit_multinode.sh`: `python 8_...
+    --num_nodes 1` starts Dragon with -N 1 on one node of the allocation, `--num_nodes 2`
+    (accepted: the allocation has 2 nodes) on both, each with one DDict manager per node,
+    and every trainer gets every value intact. Tiny, no training (EPOCHS=0): Dragon's
+    start-up is most of it."""
+    out = cluster_workdir / "job.out"
+    env = slurm.job_env(cluster_workdir, TRANSPORTS="ddict", NODES="1 2", GRID_SIZES="16",
+                        NUM_SIMS="4", WARMUP="0", COMPUTE_TIME="0", EPOCHS="0",
+                        RUN_TIMEOUT="300", RESULTS_DIR=str(cluster_workdir / "results"),
+                        DATA_DIR=str(cluster_workdir / "data"))
+    started = time.monotonic()
+    proc = slurm.sbatch(["-N", "2", "-t", "15", "-J", "pc-ddict", "-o", out,
+                         ROOT / "9_submit_multinode.sh"], cwd=ROOT, env=env, timeout=600)
+    wall_s = time.monotonic() - started
+    text = out.read_text() if out.exists() else ""
+    logs = "".join(log.read_text()[-3000:] for log in
+                   sorted((cluster_workdir / "results" / "logs").glob("*.log")))
+    assert proc.returncode == 0, proc.stderr + text[-6000:] + logs
+    records = read_records(cluster_workdir / "results" / "records.jsonl")
+    print(f"sbatch of the DDict job (1 and 2 nodes): {wall_s:.1f} s wall; runtime start-up "
+          + ", ".join(f"{r['num_nodes']} node(s) {r['runtime_startup_s'] or 0:.1f} s" for r in records))
+    assert [(r["transport"], r["num_nodes"]) for r in records] == [("dragon+ddict", 1),
+                                                                    ("dragon+ddict", 2)]
+    for r in records:
+        assert r["integrity_ok"] is True and r["num_sims"] == 4, r
+        assert r["runtime_startup_s"] is not None           # `python 8_...` started it
+        ddict = r["ddict"]
+        # one manager per node, on each of the run's hosts
+        assert ddict["managers"] == r["num_nodes"] == len(set(r["hosts"])) == len(r["hosts"])
+        assert sorted(ddict["manager_hosts"]) == sorted(r["hosts"]), ddict
+        assert set(r["sim_hosts"]) == set(r["trainer_hosts"]) == set(r["hosts"]), r
+    one, two = records
+    # -N 1: Dragon 0.15 takes the first node whose network-configuration helper answers,
+    # which is not always the allocation's first (its srun task 0)
+    assert len(one["hosts"]) == 1 and one["hosts"][0] in ("node1", "node2"), one["hosts"]
+    assert sorted(two["hosts"]) == ["node1", "node2"]
+    assert "--num_nodes 1 " in text and "--num_nodes 2 " in text
+    assert "run FAILED" not in text
+    assert not (cluster_workdir / "data").exists()          # empty, so the job removed it
+    assert_nothing_left(slurm, cluster_workdir)
 
 
 def test_down_removes_daemons_spool_and_keys(slurm):

@@ -1,0 +1,278 @@
+"""PC_DRAGON_FIXES: where dragon_site/'s fixes of DragonHPC 0.15.0 are applied (the rule,
+decided once where `dragon` starts), the switch that forces them on or off, the exact
+version guard, and real single-node runtimes whose heads say which fixes ran."""
+import json
+import os
+import subprocess
+import sys
+import types
+from importlib import metadata
+
+import pytest
+
+from conftest import ROOT, run_script, script_env
+
+import dragon_config  # noqa: E402  (conftest puts the repository on sys.path)
+
+SITE = dragon_config._SITE           # dragon_site/sitecustomize.py, as dragon_config loaded it
+
+
+# --------------------------------------------------------------------------- the rule
+@pytest.mark.parametrize("transport, nodes, cores, on", [
+    ("tcp", 2, 2, True),            # the local cluster: TCP agents on 2 cores
+    ("tcp", 4, 64, True),           # TCP agents spin whatever the cores
+    ("hsta", 2, 64, False),         # Polaris: HSTA between nodes of many cores
+    ("hsta", 2, 2, False),          # HSTA: off, also on small nodes
+    ("hsta", 1, 2, True),           # one node of few cores (this machine)
+    ("hsta", 1, dragon_config.FEW_CORES, True),
+    ("hsta", 1, dragon_config.FEW_CORES + 1, False),
+    ("tcp", 1, 64, False),          # one node has no transport agent: cores decide
+])
+def test_auto_rule_tcp_agents_or_few_cores_never_hsta(transport, nodes, cores, on):
+    decided, why = dragon_config.fixes_rule("auto", transport, nodes, cores)
+    assert decided is on
+    assert why.startswith("auto: ") and "\n" not in why
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+@pytest.mark.parametrize("transport, nodes, cores", [("tcp", 2, 2), ("hsta", 2, 64),
+                                                     ("hsta", 1, 2), ("hsta", 1, 64)])
+def test_on_and_off_force_it_everywhere(setting, transport, nodes, cores):
+    assert dragon_config.fixes_rule(setting, transport, nodes, cores) == (
+        setting == "on", f"PC_DRAGON_FIXES={setting}")
+
+
+@pytest.mark.parametrize("value, setting", [(None, "auto"), ("", "auto"), ("auto", "auto"),
+                                            ("on", "on"), (" OFF ", "off")])
+def test_setting_read_from_the_environment(monkeypatch, value, setting):
+    if value is None:
+        monkeypatch.delenv("PC_DRAGON_FIXES", raising=False)
+    else:
+        monkeypatch.setenv("PC_DRAGON_FIXES", value)
+    assert dragon_config.fixes_setting() == setting
+
+
+def test_a_bad_setting_is_a_value_error(monkeypatch):
+    monkeypatch.setenv("PC_DRAGON_FIXES", "yes")
+    with pytest.raises(ValueError, match="PC_DRAGON_FIXES='yes': give auto, on or off"):
+        dragon_config.fixes_setting()
+
+
+@pytest.fixture
+def launching(monkeypatch):
+    """Outside any runtime, with PC_DRAGON_ARGS and this node's core count set by the test."""
+    for name in ("DRAGON_MY_PUID", "PC_DRAGON_FIXES", "PC_DRAGON_FIXES_RULE",
+                 "DRAGON_TRANSPORT_AGENT"):
+        monkeypatch.delenv(name, raising=False)
+
+    def set_up(dragon_args="", cores=2):
+        monkeypatch.setenv("PC_DRAGON_ARGS", dragon_args)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    return set_up
+
+
+def test_launch_with_tcp_agents_puts_dragon_site_on_pythonpath(launching):
+    launching("-t tcp --wlm ssh --hostlist node1,node2", cores=64)
+    assert dragon_config.runtime_transport() == "tcp"
+    env = dragon_config.launch_fixes_env()              # 2 nodes, counted by launch_plan
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == dragon_config.DRAGON_SITE
+    assert env["PC_DRAGON_FIXES_RULE"].startswith("on: auto: 2 nodes over the TCP")
+
+
+def test_launch_under_hsta_leaves_dragon_site_out(launching, monkeypatch):
+    launching("--hostlist node1,node2", cores=2)
+    monkeypatch.setenv("PYTHONPATH", dragon_config.DRAGON_SITE)     # even if a user put it there
+    from dragon.infrastructure import facts
+    if not facts.HSTA_BINARY.is_file():
+        pytest.skip("no HSTA binary: Dragon falls back to TCP")
+    assert dragon_config.runtime_transport() == "hsta"             # Dragon's default
+    env = dragon_config.launch_fixes_env()
+    assert dragon_config.DRAGON_SITE not in env["PYTHONPATH"].split(os.pathsep)
+    assert dragon_config.HERE in env["PYTHONPATH"].split(os.pathsep)
+    assert env["PC_DRAGON_FIXES_RULE"].startswith("off: auto: 2 nodes over hsta")
+
+
+def test_without_the_hsta_binary_dragon_uses_tcp_and_the_rule_follows(launching, monkeypatch,
+                                                                       tmp_path):
+    launching("--hostlist node1,node2", cores=64)
+    from dragon.infrastructure import facts
+    monkeypatch.setattr(facts, "HSTA_BINARY", tmp_path / "no-hsta")
+    assert dragon_config.runtime_transport() == "tcp"
+    assert dragon_config.fixes_for_launch()[0] is True
+
+
+@pytest.mark.parametrize("cores, on", [(2, True), (64, False)])
+def test_launch_on_one_node_counts_its_cores(launching, cores, on):
+    launching("", cores=cores)
+    assert dragon_config.fixes_for_launch(nodes=1)[0] is on
+    # -N 1 of a TCP host list: one node, no agent; the cores decide
+    launching("-t tcp --hostlist node1,node2", cores=cores)
+    assert dragon_config.fixes_for_launch(nodes=1)[0] is on
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_forced_setting_needs_no_launch_plan(launching, monkeypatch, setting):
+    launching("--hostlist node1,node2", cores=64)
+    monkeypatch.setenv("PC_DRAGON_FIXES", setting)
+    monkeypatch.setattr(dragon_config, "launch_plan", lambda: pytest.fail("not needed"))
+    env = dragon_config.launch_fixes_env()
+    assert (dragon_config.DRAGON_SITE in env["PYTHONPATH"].split(os.pathsep)) is (setting == "on")
+    assert env["PC_DRAGON_FIXES_RULE"] == f"{setting}: PC_DRAGON_FIXES={setting}"
+
+
+def test_inside_a_runtime_the_transport_is_the_runtimes(monkeypatch):
+    monkeypatch.setenv("DRAGON_MY_PUID", "1")
+    monkeypatch.setenv("DRAGON_TRANSPORT_AGENT", "tcp")
+    monkeypatch.setenv("PC_DRAGON_ARGS", "")
+    assert dragon_config.runtime_transport() == "tcp"
+
+
+@pytest.mark.parametrize("script", ["8_dragon_producer_consumer.py", "7_dragon_ddict.py"])
+def test_a_bad_value_is_refused_in_one_line_before_the_runtime(tmp_path, script):
+    argv = [script] if script.startswith("7") else [script, "--num_sims", "2", "--grid_size", "16"]
+    proc = run_script(argv, cwd=tmp_path, env=script_env(tmp_path, PC_DRAGON_FIXES="sometimes"),
+                      timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"{script}: error: PC_DRAGON_FIXES='sometimes': give auto, on "
+                                  "or off"), proc.stderr
+    assert proc.stdout == "" and os.listdir(tmp_path) == []         # no runtime, no control folder
+
+
+# --------------------------------------------------------------------------- the version guard
+def test_one_version_constant_exactly_0_15_0():
+    assert SITE["PATCHED_VERSIONS"] == ("0.15.0",)
+    assert dragon_config.PATCHED_VERSIONS is SITE["PATCHED_VERSIONS"]
+    assert "startswith" not in (ROOT / "dragon_site" / "sitecustomize.py").read_text()
+
+
+def fake_dragon():
+    class Queue:
+        def poll(self, timeout=0):
+            return False
+
+        def get(self, block=True, timeout=None):
+            return None
+
+    class Client:
+        def recv(self, timeout=0.1):
+            return None
+    return types.SimpleNamespace(Queue=Queue), types.SimpleNamespace(Client=Client)
+
+
+@pytest.mark.parametrize("version, patched", [("0.15.0", True), ("0.15", False),
+                                              ("0.15.1", False), ("0.15.0rc1", False),
+                                              ("0.16.0", False)])
+def test_only_the_exact_version_is_patched(monkeypatch, version, patched):
+    monkeypatch.setattr(metadata, "version", lambda name: version)
+    queue_module, client_module = fake_dragon()
+    poll, get = queue_module.Queue.poll, queue_module.Queue.get
+    assert SITE["fix"](queue_module) is patched
+    assert (queue_module.Queue.poll is not poll) is patched
+    assert (queue_module.Queue.get is not get) is patched
+    assert SITE["calm_agent"](client_module) is patched
+    recv_s = SITE["AGENT_RECV_S"] if patched else 0.1
+    assert client_module.Client.recv.__defaults__ == (recv_s,)
+    assert dragon_config.dragon_version_patched() is patched
+    if not patched:     # the one-copy read, a private-API path, is guarded the same way
+        assert dragon_config.one_copy_supported() is False
+
+
+def sitecustomize_installs(**env) -> bool:
+    """Whether dragon_site/sitecustomize.py installs its import hook in a fresh Python."""
+    code = ("import sys; print(any(type(f).__name__ == '_PatchOnImport' for f in sys.meta_path))")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "dragon_site"), **env)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip() == "True"
+
+
+def test_off_keeps_the_fixes_out_even_with_dragon_site_on_pythonpath():
+    assert sitecustomize_installs(PC_DRAGON_FIXES="auto") is True
+    assert sitecustomize_installs(PC_DRAGON_FIXES="off") is False
+
+
+def test_runtime_pythonpath_with_and_without_dragon_site(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([dragon_config.DRAGON_SITE, "/elsewhere"]))
+    assert dragon_config.runtime_pythonpath(True).split(os.pathsep) == [
+        dragon_config.DRAGON_SITE, dragon_config.HERE, "/elsewhere"]
+    assert dragon_config.runtime_pythonpath(False).split(os.pathsep) == [
+        dragon_config.HERE, "/elsewhere"]
+
+
+# --------------------------------------------------------------------------- real runtimes
+PROBE = '''
+import json, sys
+sys.path.insert(0, {root!r})
+import common, dragon_config
+
+
+def child(out):
+    out.put({{"queue_get_sleeps": dragon_config.queue_get_sleeps(),
+              "queue_poll_waits": dragon_config.queue_poll_fixed()}})
+
+
+def main():
+    from dragon.native.process import Process
+    from dragon.native.queue import Queue
+    out = Queue()
+    p = Process(target=child, args=(out,))
+    p.start()
+    seen = out.get(timeout=120)
+    p.join(timeout=60)
+    out.destroy()
+    print("FIXES " + json.dumps({{"head": dragon_config.fixes_record(), "child": seen}}))
+    return 0
+
+
+if __name__ == "__main__":
+    dragon_config.relaunch_under_dragon(__file__, sys.argv[1:])
+    dragon_config.link_head_to_launcher(interrupts=False)
+    dragon_config.init_head()
+    common.run_workflow(main)
+'''
+
+
+def run_probe(workdir, launch, **env) -> dict:
+    """A single-node runtime, started as 7 and 8 start it (`python`) or with plain `dragon`;
+    what its head and one process the head started report."""
+    probe = workdir / "probe.py"
+    probe.write_text(PROBE.format(root=str(ROOT)))
+    # -s: this node alone, also where Slurm is installed but no job runs (docs/dragon.md)
+    argv = [sys.executable, probe] if launch == "python" else ["dragon", "-s", probe]
+    env = script_env(workdir, **env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                        if p and "dragon_site" not in p)
+    proc = run_script(argv, cwd=workdir, env=env, timeout=180)
+    probe.unlink()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [line] = [line for line in proc.stdout.splitlines() if line.startswith("FIXES ")]
+    return json.loads(line[len("FIXES "):])
+
+
+@pytest.mark.parametrize("setting", ["off", "on", "auto"])
+def test_a_real_runtime_records_which_fixes_ran(nothing_left, setting):
+    """`python SCRIPT`: the launching process decides, the head and its processes follow, and
+    the record says so (on this machine auto means on when it has at most FEW_CORES cores)."""
+    seen = run_probe(nothing_left, "python", PC_DRAGON_FIXES=setting)
+    on = setting == "on" if setting != "auto" else dragon_config.fixes_rule(
+        "auto", "hsta", 1, len(os.sched_getaffinity(0)))[0]
+    head = seen["head"]
+    assert head["setting"] == setting
+    assert head["rule"] == (f"PC_DRAGON_FIXES={setting}" if setting != "auto" else
+                            dragon_config.fixes_for_launch(nodes=1)[1])
+    assert head["queue_poll_waits"] is on and head["queue_get_sleeps"] is on
+    assert head["agents_fixed"] is on                       # dragon_site on the launcher's path
+    assert seen["child"] == {"queue_get_sleeps": on, "queue_poll_waits": on}
+
+
+def test_plain_dragon_fixes_only_the_head_and_its_processes(nothing_left):
+    """`dragon SCRIPT` without dragon_site on PYTHONPATH: Dragon's own processes started
+    unfixed; init_head applies the rule to the head, and its processes inherit it."""
+    seen = run_probe(nothing_left, "dragon", PC_DRAGON_FIXES="on")
+    head = seen["head"]
+    assert head["queue_poll_waits"] is True and head["queue_get_sleeps"] is True
+    assert head["agents_fixed"] is False
+    assert head["rule"].startswith("PC_DRAGON_FIXES=on (the head and its processes only")
+    assert seen["child"] == {"queue_get_sleeps": True, "queue_poll_waits": True}

@@ -1,0 +1,140 @@
+"""Where the trainers go, for 1-4 nodes x 0-4 GPUs, without a GPU: the Parsl layout and
+config, Dragon's placement policies, the refusal of more trainers than GPUs (both engines,
+before anything starts), and the check that fails a run whose trainers did not get a GPU
+each. The GPU count is set the one way both engines ask for it: $PC_GPUS_PER_NODE."""
+import itertools
+
+import pytest
+
+import common
+from conftest import TINY, read_records, run_script, script_env
+
+NODES = [1, 2, 3, 4]
+GPUS = [0, 1, 2, 3, 4]
+
+
+def hosts_of(nodes: int) -> list[str]:
+    return [f"n{k}" for k in range(1, nodes + 1)]
+
+
+def default_trainers(nodes: int, gpus: int) -> int:
+    return gpus * nodes or common.CPU_TRAINERS
+
+
+@pytest.mark.parametrize("nodes,gpus", list(itertools.product(NODES, GPUS)))
+def test_dragon_puts_one_trainer_on_each_gpu(nodes, gpus):
+    import dragon_config
+    trainers = default_trainers(nodes, gpus)
+    policies = dragon_config.trainer_policies(hosts_of(nodes), trainers, gpus)
+    assert len(policies) == trainers
+    places = [(p.host_name, tuple(p.gpu_affinity)) for p in policies]
+    if gpus:
+        # every GPU of every node exactly once
+        assert sorted(places) == sorted((h, (g,)) for h in hosts_of(nodes) for g in range(gpus))
+    else:
+        assert all(gpu == () for _, gpu in places)
+        # round-robin: the nodes' trainer counts differ by one at most
+        counts = [sum(h == host for h, _ in places) for host in hosts_of(nodes)]
+        assert max(counts) - min(counts) <= 1
+    # fewer trainers than GPUs: spread over the nodes first
+    if gpus and nodes > 1:
+        first = dragon_config.trainer_policies(hosts_of(nodes), nodes, gpus)
+        assert sorted(p.host_name for p in first) == hosts_of(nodes)
+        assert all(p.gpu_affinity == [0] for p in first)
+
+
+@pytest.mark.parametrize("nodes,gpus", list(itertools.product(NODES, GPUS)))
+def test_parsl_gives_each_node_one_trainer_worker_per_gpu(nodes, gpus, tmp_path, monkeypatch):
+    import parsl_config
+    monkeypatch.setenv("PARSL_MPI_FLAVOUR", "hydra")    # no mpiexec needed to build a config
+    monkeypatch.setenv("PARSL_IFACE", "lo")
+    trainers = default_trainers(nodes, gpus)
+    layout = parsl_config.Layout.plan(hosts_of(nodes), num_sims=32, num_trainers=trainers,
+                                      gpus=gpus, cpus=8)
+    assert layout.trainer_workers * nodes >= trainers
+    assert layout.trainer_workers == (gpus or -(-common.CPU_TRAINERS // nodes))
+    assert layout.cpu_threads == (0 if gpus else 8 // layout.trainer_workers)
+    config = parsl_config.make_config(str(tmp_path), layout.sim_workers, layout.trainer_workers,
+                                      gpus, hosts=layout.hosts)
+    executor = {e.label: e for e in config.executors}[parsl_config.TRAINERS]
+    assert executor.available_accelerators == [str(g) for g in range(gpus)]
+    # Parsl starts min(max_workers_per_node, GPUs) workers per node where there are GPUs
+    assert executor.max_workers_per_node == layout.trainer_workers
+    if gpus:
+        assert len(executor.available_accelerators) >= layout.trainer_workers
+    if nodes > 1:       # one manager per node, on the run's hosts in the run's order
+        script = executor.provider.launcher("CMD", 1, nodes)
+        assert f"printf '%s\\n' {' '.join(layout.hosts)} > $HOSTFILE" in script
+        assert "sort -u" not in script and "-n $WORKERCOUNT" in script
+
+
+@pytest.mark.parametrize("nodes,gpus", [(1, 1), (1, 4), (2, 4), (4, 2)])
+def test_parsl_layout_refuses_more_trainers_per_node_than_gpus(nodes, gpus):
+    import parsl_config
+    with pytest.raises(ValueError, match="trainers per node"):
+        parsl_config.Layout.plan(hosts_of(nodes), 8, gpus * nodes + 1, gpus, 8)
+
+
+def test_the_run_order_of_hosts_not_the_sorted_one():
+    """PBS with --num_nodes below the allocation: the managers start on the first N hosts
+    of $PBS_NODEFILE in its order, the ones the record lists (Parsl sorted them)."""
+    import parsl_config
+    script = parsl_config.mpi_launcher("hydra", ["x3", "x1"])("CMD", 1, 2)
+    assert "printf '%s\\n' x3 x1 > $HOSTFILE" in script
+
+
+@pytest.mark.parametrize("script", ["6_parsl_fs_producer_consumer.py",
+                                    "5_parsl_fut_producer_consumer.py",
+                                    "8_dragon_producer_consumer.py"])
+def test_more_trainers_than_gpus_is_refused_before_anything_starts(script, workdir):
+    env = script_env(workdir, PC_GPUS_PER_NODE="1")
+    proc = run_script([script, "--num_sims", 2, "--num_trainers", 2, *TINY, "--data_dir",
+                       workdir / "data"], cwd=workdir, env=env, timeout=120)
+    assert proc.returncode == 2
+    [line] = proc.stderr.splitlines()
+    assert "--num_trainers: 2 trainers on 1 node(s) put 2 on a node, which has 1 GPU(s)" in line
+    assert proc.stdout == "" and sorted(p.name for p in workdir.iterdir()) == ["data"]
+
+
+def test_a_bad_gpu_count_is_refused_in_one_line(workdir):
+    env = script_env(workdir, PC_GPUS_PER_NODE="four")
+    proc = run_script(["6_parsl_fs_producer_consumer.py", *TINY], cwd=workdir, env=env,
+                      timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "6_parsl_fs_producer_consumer.py: error: PC_GPUS_PER_NODE='four': give a number of "
+        "GPUs (0 or more) (see --help)"]
+
+
+def _trainer(rank, host="n1", device="cuda", visible="0", uuid="GPU-a", host_gpus=4):
+    return common.TrainReport(rank=rank, kernel_size=3, device=device, host=host, bytes_read=0,
+                              samples=0, io_s=0, check_s=0, train_s=0, loss=None,
+                              peak_rss_bytes=0, gpu=visible, gpu_uuid=uuid, host_gpus=host_gpus)
+
+
+def test_device_problems_are_found():
+    ok = [_trainer(0, uuid="GPU-a"), _trainer(1, visible="1", uuid="GPU-b"),
+          _trainer(2, host="n2", uuid="GPU-a")]                # the same GPU name on another node
+    assert common.device_problem(ok) is None
+    assert common.device_problem([_trainer(0, device="cpu", uuid="", host_gpus=0)]) is None
+    shared = [_trainer(0, uuid="GPU-a"), _trainer(1, visible="1", uuid="GPU-a")]
+    assert "trainers 0 and 1 shared one GPU of n1" in common.device_problem(shared)
+    on_cpu = [_trainer(0), _trainer(1, device="cpu", visible="", uuid="")]
+    assert "trainer 1 trained on the CPU of n1, which has 4 GPU(s)" in common.device_problem(on_cpu)
+
+
+def test_a_trainer_on_the_cpu_of_a_gpu_node_fails_the_run(workdir):
+    """The node says it has 2 GPUs, but torch sees none (as with a torch build that does not
+    match the driver): the trainers train on the CPU, and the run must not pass for a GPU run."""
+    results = workdir / "results.jsonl"
+    env = script_env(workdir, PC_GPUS_PER_NODE="2")
+    proc = run_script(["6_parsl_fs_producer_consumer.py", "--num_sims", 2, *TINY, "--data_dir",
+                       workdir / "data", "--results_file", results], cwd=workdir, env=env,
+                      timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "trained on the CPU of" in proc.stderr.splitlines()[-1]
+    [record] = read_records(results)
+    assert record["integrity_ok"] is True and record["devices_ok"] is False
+    assert [t["visible"] for t in record["trainer_gpus"]] in (["0", "1"], ["1", "0"])
+    assert all(t["device"] == "cpu" and t["host_gpus"] == 2 for t in record["trainer_gpus"])
+    assert "Devices                 : FAILED" in proc.stdout
