@@ -164,7 +164,7 @@ def test_a_repository_under_tmp_stays_visible(local_cluster, tmp_path):
     cluster is another one (its own namespace names): both can be up at once."""
     clone = tmp_path / "clone"
     (clone / "cluster").mkdir(parents=True)
-    for name in ("local_cluster.sh", "node_exec.py"):
+    for name in ("local_cluster.sh", "node_exec.py", "install_packages.sh"):
         shutil.copy(CLUSTER_SCRIPT.parent / name, clone / "cluster" / name)
     (clone / "marker.txt").write_text("shared\n")
     script = ["bash", str(clone / "cluster" / "local_cluster.sh")]

@@ -3,6 +3,7 @@ table and the plots. Real Parsl, real Dragon, real files; a few minutes on two c
 import os
 import pty
 import select
+import signal
 import shutil
 import time
 
@@ -92,6 +93,9 @@ def ctrl_c_at_a_terminal(workdir, env, timeout) -> str:
     and return what it printed, once it has exited with 130."""
     pid, fd = pty.fork()
     if pid == 0:                                 # the child: the job
+        # as at a terminal: a test run started in the background of a script inherits SIGINT
+        # ignored, and bash cannot trap a signal ignored on entry
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.chdir(workdir)
         os.execvpe("bash", ["bash", str(ROOT / JOB)], env)
     output, deadline, sent = b"", time.monotonic() + timeout, False
