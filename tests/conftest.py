@@ -51,13 +51,34 @@ def leftover_processes(tag) -> list:
     return found
 
 
+def kill_tagged(tag) -> None:
+    """SIGKILL every live process started with script_env(tag): after a test's command timed
+    out, what it left (a Dragon runtime stuck in its teardown, say) must not load the machine
+    for the tests after it."""
+    import signal
+    needle = f"{TAG}={tag}".encode() + b"\0"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle in f.read() + b"\0" and int(pid) != os.getpid():
+                    os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
+
+
 def run_script(argv, cwd, timeout=600, env=None) -> subprocess.CompletedProcess:
     """Run a command (argv[0] a script name under the repository, or a program) and capture it."""
     argv = [str(a) for a in argv]
     if argv[0].endswith(".py"):
         argv = [sys.executable, str(ROOT / argv[0])] + argv[1:]
-    return subprocess.run(argv, cwd=cwd, env=env or script_env(cwd), capture_output=True,
-                          text=True, timeout=timeout)
+    env = env or script_env(cwd)
+    try:
+        return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if TAG in env:
+            kill_tagged(env[TAG])
+        raise
 
 
 def read_records(path) -> list:
@@ -209,6 +230,7 @@ class LocalCluster:
     PC_DRAGON_ARGS, PC_CLUSTER_NODES, PC_CLUSTER_STATE) and the venv's bin/ on PATH."""
 
     def __init__(self, exports: dict):
+        self.broken = False
         self.exports = exports
         self.env = script_env(**exports)
         self.nodes = [f"node{k}" for k in range(1, int(exports["PC_CLUSTER_NODES"]) + 1)]
@@ -221,8 +243,14 @@ class LocalCluster:
             argv = [sys.executable, str(ROOT / argv[0])] + argv[1:]
         if env is None:
             env = dict(self.env, **{TAG: str(cwd)})
-        return subprocess.run(["bash", str(CLUSTER_SCRIPT), "run", str(k), *argv], cwd=cwd,
-                              env=env, capture_output=True, text=True, timeout=timeout)
+        try:
+            return subprocess.run(["bash", str(CLUSTER_SCRIPT), "run", str(k), *argv], cwd=cwd,
+                                  env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # what the command left on the nodes goes with them: the next test gets a new cluster
+            self.broken = True
+            cluster_command("down")
+            raise
 
     def _in_node(self, k, code: str) -> list:
         proc = self.run(k, [sys.executable, "-I", "-c", code], cwd=ROOT, timeout=60)
@@ -269,7 +297,7 @@ class LocalClusters:
         self.current = None
 
     def __call__(self, n: int) -> LocalCluster:
-        if self.current is not None and len(self.current.nodes) == n:
+        if self.current is not None and len(self.current.nodes) == n and not self.current.broken:
             return self.current
         self.down()
         proc = cluster_command("up", n)
