@@ -44,12 +44,20 @@ def start(argv, workdir) -> subprocess.Popen:
 
 
 def wait_for_line(proc, text, timeout=180):
+    """Read proc's output until a line holds `text`; fail after `timeout` s even when the
+    process prints nothing more (a run that hangs must fail the test, not stop the suite)."""
+    import select
     deadline = time.monotonic() + timeout
-    for line in proc.stdout:
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no line with {text!r} within {timeout} s"
+        if not select.select([proc.stdout], [], [], min(left, 1.0))[0]:
+            continue
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"process ended before printing {text!r}: {proc.stderr.read()}")
         if text in line:
             return
-        assert time.monotonic() < deadline, f"no line with {text!r}"
-    raise AssertionError(f"process ended before printing {text!r}: {proc.stderr.read()}")
 
 
 # the simulation phase lasts 40 x 1 s / 2 workers; the training phase never ends by itself
