@@ -1,4 +1,5 @@
 """Helpers for running the real workflow scripts, at tiny sizes, in subprocesses."""
+import contextlib
 import json
 import os
 import re
@@ -35,15 +36,25 @@ def script_env(tag=None, **overrides) -> dict:
     return env
 
 
-def leftover_processes(tag) -> list:
-    """Command lines of live processes started with script_env(tag), children included."""
+def tagged_pids(tag) -> list[int]:
+    """Pids of live processes started with script_env(tag), children included."""
     needle = f"{TAG}={tag}".encode() + b"\0"
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
-                if needle not in f.read() + b"\0":
-                    continue
+                if needle in f.read() + b"\0":
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def leftover_processes(tag) -> list:
+    """Command lines of live processes started with script_env(tag), children included."""
+    found = []
+    for pid in tagged_pids(tag):
+        try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 found.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
         except OSError:
@@ -56,14 +67,10 @@ def kill_tagged(tag) -> None:
     out, what it left (a Dragon runtime stuck in its teardown, say) must not load the machine
     for the tests after it."""
     import signal
-    needle = f"{TAG}={tag}".encode() + b"\0"
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if needle in f.read() + b"\0" and int(pid) != os.getpid():
-                    os.kill(int(pid), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            continue
+    for pid in tagged_pids(tag):
+        if pid != os.getpid():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def run_script(argv, cwd, timeout=600, env=None) -> subprocess.CompletedProcess:
