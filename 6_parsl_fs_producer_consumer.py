@@ -11,18 +11,17 @@ import os
 from parsl.app.app import python_app
 
 import common
-import parsl_config
+from plumbing import cli, lifecycle, parsl_setup, records
 
 TRANSPORT = "parsl+filesystem"
 
 
-@python_app(executors=[parsl_config.SIMULATORS])
+@python_app(executors=[parsl_setup.SIMULATORS])
 def simulation(index, period, grid_size, compute_time, run_dir):
     """Simulate, then write the pairs to a file; only the write is timed as IO."""
     import os, time  # apps run in worker processes: they import what they use
     import numpy as np
     import common
-    common.maybe_inject_failure("simulation", index)
     sim = common.simulate(index, period, grid_size, compute_time)
     path = os.path.join(run_dir, f"sim_{index:06d}.npy")
     start = time.perf_counter()
@@ -30,27 +29,17 @@ def simulation(index, period, grid_size, compute_time, run_dir):
     return sim.report(io_s=time.perf_counter() - start, location=path)
 
 
-@python_app(executors=[parsl_config.TRAINERS])
+@python_app(executors=[parsl_setup.TRAINERS])
 def trainer(rank, kernel_size, manifest, grid_size, num_trainers, cpu_threads, epochs):
     """Read every simulation's file (timed as IO), check it, then train one epoch."""
     import time
-    import numpy as np
     import common
-    common.maybe_inject_failure("trainer", rank)
     data = common.TrainingData(manifest, grid_size)
     io_s = 0.0
     pairs = None    # one array refilled from every file (np.load faults in fresh pages each time)
     for sim in common.reading_order(manifest, rank, num_trainers):
         start = time.perf_counter()
-        with open(sim.location, "rb") as f:     # what np.load does, into the array we have
-            version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, fortran_order, dtype = read_header(f)
-            if pairs is None or pairs.shape != shape or pairs.dtype != dtype:
-                pairs = np.empty(shape, dtype)
-            if fortran_order or f.readinto(memoryview(pairs).cast("B")) != pairs.nbytes:
-                raise common.IntegrityError(f"{sim.location}: not the array its header names")
+        pairs = common.load_npy(sim.location, into=pairs)
         io_s += time.perf_counter() - start
         data.add(sim.index, pairs)              # copies what it keeps
     del pairs
@@ -58,33 +47,33 @@ def trainer(rank, kernel_size, manifest, grid_size, num_trainers, cpu_threads, e
 
 
 def main(argv=None) -> int:
-    parser = common.make_parser(__doc__.splitlines()[0])
-    args = common.check_args(parser, parser.parse_args(argv))
-    phases = common.Phases()
+    parser = cli.make_parser(__doc__.splitlines()[0])
+    args = cli.check_args(parser, argv)
+    phases = records.Phases()
     # leaving these blocks, also on an error or Ctrl-C, stops the workers and removes the data
-    with common.run_directory(args.data_dir, "fs", args.keep_data) as run_dir, \
-            parsl_config.workflow(run_dir, args.num_sims, args.num_trainers,
-                                  args.num_nodes) as layout:
-        common.log(f"{TRANSPORT}: {layout}, warm after {phases.lap('startup'):.2f} s; "
-                   f"data in {run_dir}")
+    with lifecycle.run_directory(args.data_dir, "fs", args.keep_data) as run_dir, \
+            parsl_setup.workflow(run_dir, args.num_sims, args.num_trainers,
+                                 args.num_nodes) as layout:
+        lifecycle.log(f"{TRANSPORT}: {layout}, warm after {phases.lap('startup'):.2f} s; "
+                      f"data in {run_dir}")
 
         periods = common.wave_periods(args.num_sims)
         futures = [simulation(i, periods[i], args.grid_size, args.compute_time, run_dir)
                    for i in range(args.num_sims)]
-        sims = common.results_of(futures, "simulation")
-        common.log(f"{len(sims)} simulations done in {phases.lap('simulation'):.2f} s")
+        sims = lifecycle.results_of(futures, "simulation")
+        lifecycle.log(f"{len(sims)} simulations done in {phases.lap('simulation'):.2f} s")
 
         futures = [trainer(rank, common.kernel_size_for(rank, args.kernel_sizes), sims,
                            args.grid_size, args.num_trainers, layout.cpu_threads, args.epochs)
                    for rank in range(args.num_trainers)]
-        trainers = common.results_of(futures, "trainer")
-        common.log(f"{len(trainers)} trainers done in {phases.lap('training'):.2f} s")
+        trainers = lifecycle.results_of(futures, "trainer")
+        lifecycle.log(f"{len(trainers)} trainers done in {phases.lap('training'):.2f} s")
     phases.lap("shutdown")
-    record = common.make_record(args, TRANSPORT, sims, trainers, phases,
-                                hosts=layout.hosts, data_dir=os.path.abspath(args.data_dir),
-                                kept_run_dir=run_dir if args.keep_data else None)
-    return common.finish(record, args.results_file)
+    record = records.make_record(args, TRANSPORT, sims, trainers, phases,
+                                 hosts=layout.hosts, data_dir=os.path.abspath(args.data_dir),
+                                 kept_run_dir=run_dir if args.keep_data else None)
+    return records.finish(record, args.results_file)
 
 
 if __name__ == "__main__":
-    common.run_workflow(main)
+    lifecycle.run_workflow(main)

@@ -14,8 +14,8 @@ import sys
 
 import numpy as np
 
-import common
-import dragon_config  # exits with a one-line error where DragonHPC is not installed
+from plumbing import dragon_launch  # exits with one line where DragonHPC is not installed
+from plumbing import ddict_io, dragon_setup, lifecycle
 from dragon.data import DDict
 from dragon.native.machine import Node, System
 from dragon.native.process import Process
@@ -42,15 +42,15 @@ def reader(d: DDict) -> None:
 
 def run(target, d: DDict, hostname: str) -> None:
     """Start one Dragon process on `hostname`, wait for it, fail loudly if it failed."""
-    process = Process(target=target, args=(d,), policy=dragon_config.on(hostname))
+    process = Process(target=target, args=(d,), policy=dragon_setup.on(hostname))
     process.start()
     process.join(timeout=120)
     if process.returncode != 0:
-        raise common.TaskFailed(f"{target.__name__} on {hostname} exited with {process.returncode}")
+        raise lifecycle.TaskFailed(f"{target.__name__} on {hostname} exited with {process.returncode}")
 
 
 def main() -> int:
-    dragon_config.init_head()       # Dragon's start method for multiprocessing, and a fix
+    dragon_launch.init_head()       # Dragon's start method for multiprocessing, and a fix
     nodes = [Node(h) for h in System().nodes]
     hosts = [node.hostname for node in nodes]
     print(f"Dragon runtime on {len(nodes)} node(s): " + ", ".join(
@@ -61,7 +61,7 @@ def main() -> int:
     # every operation (None would let a put into a full pool wait forever); a busy
     # machine gets longer
     d = DDict(managers_per_node=1, n_nodes=len(nodes), total_mem=PER_NODE * len(nodes),
-              timeout=dragon_config.ddict_timeout_s(nodes, processes_per_node=2))
+              timeout=ddict_io.ddict_timeout_s(nodes, processes_per_node=2))
     try:
         for manager in d.stats:
             print(f"  manager {manager.manager_id} on {manager.hostname}: "
@@ -83,6 +83,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    dragon_config.relaunch_under_dragon(__file__, sys.argv[1:])  # returns inside the runtime
-    dragon_config.link_head_to_launcher(interrupts=False)  # the exit status, from any node
-    common.run_workflow(main)   # errors in one line; Ctrl-C still destroys the DDict
+    dragon_launch.relaunch_under_dragon(__file__, sys.argv[1:])  # returns inside the runtime
+    dragon_launch.link_head_to_launcher(interrupts=False)  # the exit status, from any node
+    lifecycle.run_workflow(main)   # errors in one line; Ctrl-C still destroys the DDict

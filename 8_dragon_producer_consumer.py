@@ -17,42 +17,41 @@ import sys
 import time
 
 import common
-import dragon_config  # exits with a one-line error where DragonHPC is not installed
+from plumbing import dragon_launch  # exits with one line where DragonHPC is not installed
+from plumbing import cli, ddict_io, dragon_setup, lifecycle, records
 
 TRANSPORT = "dragon+ddict"
 
 
-def simulator(worker, num_workers, args, num_nodes, d, go, outbox, done):
-    """A simulation process: runs simulations worker, worker + num_workers, ... and puts
-    each one's pairs into the DDict, on its own node."""
-    task = [f"simulator process {worker}"]
-    with dragon_config.reporting(outbox, d, task):
-        store = dragon_config.Writer(d, num_nodes)
+def simulator(worker: int, shared: dragon_setup.Shared):
+    """A simulation process: runs simulations worker, worker + shared.num_simulators, ...
+    and puts each one's pairs into the DDict, on its own node."""
+    args = shared.args
+    with dragon_setup.reporting(shared, f"simulator process {worker}") as task:
+        store = ddict_io.Writer(shared.pairs, shared.num_nodes)
         periods = common.wave_periods(args.num_sims)
-        outbox.put(("ready", "simulator", socket.gethostname()))
-        go.get()                                    # start-up ends when everyone is ready
-        for index in range(worker, args.num_sims, num_workers):
-            task[0] = f"simulation {index}"
-            common.maybe_inject_failure("simulation", index)
+        shared.reports.put(("ready", "simulator", socket.gethostname()))
+        shared.start_signals.get()                  # start-up ends when everyone is ready
+        for index in range(worker, args.num_sims, shared.num_simulators):
+            task.name = f"simulation {index}"
             sim = common.simulate(index, periods[index], args.grid_size, args.compute_time)
             start = time.perf_counter()
             where = store.put(index, sim.pairs)     # the only IO: one value per simulation
             io_s = time.perf_counter() - start
-            outbox.put(("simulation", sim.report(io_s, location=where)))
+            shared.reports.put(("simulation", sim.report(io_s, location=where)))
             del sim                                 # the DDict holds its pairs now
-        done.get()      # exit after training: exiting processes would slow the trainers' gets
+        shared.exit_signals.get()   # exiting processes would slow the trainers' gets
 
 
-def trainer(rank, kernel_size, args, cpu_threads, d, inbox, outbox, done):
+def trainer(rank: int, kernel_size: int, cpu_threads: int, shared: dragon_setup.Shared):
     """A training process: gets every simulation's value from the DDict (timed as IO),
     checks it, then trains. Its policy decided its GPU (CUDA_VISIBLE_DEVICES)."""
-    task = [f"trainer {rank}"]
-    with dragon_config.reporting(outbox, d, task):
+    args = shared.args
+    with dragon_setup.reporting(shared, f"trainer {rank}"):
         device = common.pick_device()
-        store = dragon_config.Reader(d)
-        outbox.put(("ready", "trainer", f"{socket.gethostname()} {device}"))
-        manifest = inbox.get()
-        common.maybe_inject_failure("trainer", rank)
+        store = ddict_io.Reader(shared.pairs)
+        shared.reports.put(("ready", "trainer", f"{socket.gethostname()} {device}"))
+        manifest = shared.manifests.get()
         data = common.TrainingData(manifest, args.grid_size)
         io_s = 0.0
         for sim in common.reading_order(manifest, rank, args.num_trainers):
@@ -63,63 +62,61 @@ def trainer(rank, kernel_size, args, cpu_threads, d, inbox, outbox, done):
         del pairs
         report = common.train(data, rank, kernel_size, io_s, cpu_threads, args.epochs)
         del data                                    # its memory is not needed while it waits
-        outbox.put(("trained", report))
-        done.get()      # exit after training too: the other trainers may still be reading
+        shared.reports.put(("trained", report))
+        shared.exit_signals.get()   # the other trainers may still be reading
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = common.make_parser(__doc__.splitlines()[0])
-    args = dragon_config.check_args(parser, argv)      # before any runtime exists
-    dragon_config.relaunch_under_dragon(__file__, argv, args)  # returns inside the runtime
-    runtime_s = dragon_config.runtime_startup_s()       # None when started with `dragon`
-    dragon_config.link_head_to_launcher()       # Ctrl-C and the exit status, on any node
-    dragon_config.init_head()                   # start method, PYTHONPATH for the processes
-    phases = common.Phases()
+    parser = cli.make_parser(__doc__.splitlines()[0])
+    args = dragon_launch.check_args(parser, argv)       # before any runtime exists
+    dragon_launch.relaunch_under_dragon(__file__, argv, args)  # returns inside the runtime
+    runtime_s = dragon_launch.runtime_startup_s()       # None when started with `dragon`
+    dragon_launch.link_head_to_launcher()       # Ctrl-C and the exit status, on any node
+    dragon_launch.init_head()                   # start method, PYTHONPATH for the processes
+    phases = records.Phases()
 
     # leaving these blocks, also on an error or Ctrl-C, stops the processes, destroys the
     # DDict and removes the run directory
-    with common.run_directory(args.data_dir, "ddict", args.keep_data) as run_dir, \
-            dragon_config.workflow(args, run_dir) as flow:
-        common.log(f"{TRANSPORT}: {flow}")
-        d, workers = flow.ddict, flow.num_sim_workers
+    with lifecycle.run_directory(args.data_dir, "ddict", args.keep_data) as run_dir, \
+            dragon_setup.workflow(args, run_dir) as flow:
+        lifecycle.log(f"{TRANSPORT}: {flow}")
+        shared, workers = flow.shared, flow.num_sim_workers
         for worker in range(workers):
-            flow.add(simulator, worker, workers, args, len(flow.nodes), d, flow.go, flow.outbox,
-                     flow.done, policy=flow.sim_worker_policy(worker))
+            flow.add(simulator, worker, shared, policy=flow.sim_worker_policy(worker))
         for rank, policy in enumerate(flow.trainer_policies):
-            flow.add(trainer, rank, common.kernel_size_for(rank, args.kernel_sizes), args,
-                     flow.cpu_threads[rank], d, flow.inbox, flow.outbox, flow.done,
-                     policy=policy)
+            flow.add(trainer, rank, common.kernel_size_for(rank, args.kernel_sizes),
+                     flow.cpu_threads[rank], shared, policy=policy)
         flow.start()
-        flow.collect("ready", workers + args.num_trainers, timeout=dragon_config.STARTUP_TIMEOUT_S)
-        common.log(f"{workers} simulation processes on {len(flow.nodes)} node(s) and "
-                   f"{args.num_trainers} trainers ready after {phases.lap('startup'):.2f} s"
-                   + (f" (+ {runtime_s:.2f} s to start the runtime)" if runtime_s else ""))
+        flow.collect("ready", workers + args.num_trainers, timeout=dragon_setup.STARTUP_TIMEOUT_S)
+        lifecycle.log(f"{workers} simulation processes on {len(flow.nodes)} node(s) and "
+                      f"{args.num_trainers} trainers ready after {phases.lap('startup'):.2f} s"
+                      + (f" (+ {runtime_s:.2f} s to start the runtime)" if runtime_s else ""))
 
         for _ in range(workers):
-            flow.go.put(True)
+            shared.start_signals.put(True)
         sims = flow.collect("simulation", args.num_sims, progress="simulations")
-        common.log(f"{len(sims)} simulations done in {phases.lap('simulation'):.2f} s")
+        lifecycle.log(f"{len(sims)} simulations done in {phases.lap('simulation'):.2f} s")
 
         start = time.perf_counter()
-        d.freeze()                                  # read-only from here: copy-free gets
+        shared.pairs.freeze()                       # read-only from here: copy-free gets
         freeze_s = time.perf_counter() - start
         for _ in range(args.num_trainers):
-            flow.inbox.put(sims)
+            shared.manifests.put(sims)
         trainers = flow.collect("trained", args.num_trainers, progress="trainers")
         for _ in range(workers + args.num_trainers):
-            flow.done.put(True)                     # every process may end now
-        common.log(f"{len(trainers)} trainers done in {phases.lap('training'):.2f} s")
-        ddict = dragon_config.describe(d, flow.ddict_bytes, flow.ddict_timeout_s)
+            shared.exit_signals.put(True)           # every process may end now
+        lifecycle.log(f"{len(trainers)} trainers done in {phases.lap('training'):.2f} s")
+        ddict = ddict_io.describe(shared.pairs, flow.ddict_bytes, flow.ddict_timeout_s)
     phases.lap("shutdown")
     if runtime_s:
         phases.seconds["startup"] += runtime_s      # the runtime's start-up is start-up too
-    record = common.make_record(
+    record = records.make_record(
         args, TRANSPORT, sims, trainers, phases, hosts=flow.hosts, runtime_startup_s=runtime_s,
         ddict_create_s=flow.ddict_create_s, ddict_freeze_s=freeze_s, ddict=ddict,
         simulation_processes=workers, kept_run_dir=run_dir if args.keep_data else None)
-    return common.finish(record, args.results_file)
+    return records.finish(record, args.results_file)
 
 
 if __name__ == "__main__":
-    common.run_workflow(main)
+    lifecycle.run_workflow(main)

@@ -200,7 +200,7 @@ workflow_command() {
                 # what `python 8_...` would start: the launcher's options, -N for part of
                 # the allocation (check_args refuses a runtime with more nodes than asked),
                 # and dragon_site on PYTHONPATH where PC_DRAGON_FIXES's rule puts it
-                command=(env "PYTHONPATH=$(python -c 'import sys, dragon_config as d; print(d.launch_fixes_env(int(sys.argv[1] or 0) or None)["PYTHONPATH"])' "$nodes")"
+                command=(env "PYTHONPATH=$(python -c 'import sys; from plumbing import dragon_launch as d; print(d.launch_fixes_env(int(sys.argv[1] or 0) or None)["PYTHONPATH"])' "$nodes")"
                          dragon "${dragon_args[@]}" ${nodes:+-N "$nodes"} "$script")
             else
                 command=("$DRAGON_LAUNCH" "$script")
@@ -341,7 +341,7 @@ run_workflow() {
     kill "$tee_pid" 2>/dev/null || true
     if (( status == 124 || status == 137 )); then
         # killed at the time-out: its head could not remove its run directory (a Dragon
-        # launcher left behind dies with the killed script: dragon_config.relaunch_under_dragon)
+        # launcher left behind dies with the killed script: plumbing/dragon_launch.relaunch_under_dragon)
         local dir
         while read -r dir; do
             [[ -n $dir ]] || continue

@@ -1,7 +1,7 @@
 """Turn the workflows' result records into the homework table and a few plots.
 
 Every workflow script appends one JSON record per run to a JSON-lines file (see
-common.make_record). This script reads any number of those files and
+plumbing/records.py). This script reads any number of those files and
 
 - prints the homework table (Markdown), plus a second table with the max IO times, GB/s,
   host and date, and writes both to --markdown if given;
@@ -39,28 +39,6 @@ IMPLEMENTATIONS = {
 COLORS = {"parsl+futures": "tab:red", "parsl+filesystem": "tab:blue", "dragon+ddict": "tab:green",
           "parsl+proxystore-redis": "tab:purple", "parsl+proxystore-file": "tab:brown",
           "parsl+proxystore-zmq": "tab:olive"}
-
-# what each transport's IO times cover (see the workflow scripts)
-IO_NOTES = {
-    "parsl+futures": "a simulation's IO runs from the end of its compute in the worker to its "
-                     "result's arrival in the head (pickling, ZeroMQ through the interchange, "
-                     "unpickling, waiting behind other results); a trainer's from the head "
-                     "submitting it to its first line (the head pickles ALL the data once per "
-                     "trainer, one trainer after another, then transfer and unpickling).",
-    "parsl+filesystem": "a simulation's IO is np.save of its one .npy file (done once the bytes "
-                        "are in the OS or Lustre client cache); a trainer's is reading every "
-                        "file (the .npy header, then the data into one reused array).",
-    "dragon+ddict": "a simulation's IO is the put of its one value into the DDict manager on "
-                    "its node; a trainer's is the get of every value from whichever node holds "
-                    "it (the DDict is frozen first).",
-    **{f"parsl+proxystore-{name}": "as Parsl + futures, but only proxies travel through Parsl: a "
-       "simulation's IO also covers ProxyStore serializing its array and putting it into "
-       f"{where}; a trainer's covers getting and deserializing every array from there before "
-       "its body runs (the split is in the record's proxystore entry)."
-       for name, where in (("redis", "a redis-server on the head node"),
-                           ("file", "one file in the run's directory in --data_dir"),
-                           ("zmq", "the in-memory zmq server on the simulation's node"))},
-}
 
 HOMEWORK_HEADER = ("Implementation", "Number of Nodes", "Training Data Size (GB)",
                    "Simulation Run / IO Time (sec)", "Training Run / IO Time (sec)")
@@ -165,6 +143,18 @@ def details_cells(r: dict) -> list:
             rate(r.get("train_io_aggregate_gbps")), host, r["date"][:16].replace("T", " ")]
 
 
+def io_notes(records: list[dict]) -> list[tuple[dict, str]]:
+    """What each transport's IO times cover, as its records say (plumbing/records.py wrote
+    it into every record; older records without it get no note)."""
+    notes = {}
+    for r in records:
+        covers = r.get("io_includes") or {}
+        if r["transport"] not in notes and "sim_io" in covers and "train_io" in covers:
+            notes[r["transport"]] = (r, f"a simulation's IO time is {covers['sim_io']}; a "
+                                        f"trainer's is {covers['train_io']}.")
+    return list(notes.values())
+
+
 def render_markdown(records: list[dict], machine: str) -> str:
     records = ordered(records)
     lines = [f"Measured on {machine}.", ""]
@@ -182,8 +172,7 @@ def render_markdown(records: list[dict], machine: str) -> str:
               "Sim IO per simulation: bytes produced / summed simulation IO time. Train IO per trainer: "
               "bytes one trainer read / its mean IO time. All trainers: bytes read by all "
               "trainers / the slowest trainer's IO time.", ""]
-    present = {r["transport"] for r in records}
-    lines += [f"- {IMPLEMENTATIONS[t]}: {note}" for t, note in IO_NOTES.items() if t in present]
+    lines += [f"- {implementation(r)}: {note}" for r, note in io_notes(records)]
     return "\n".join(lines) + "\n"
 
 

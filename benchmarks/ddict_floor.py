@@ -1,9 +1,9 @@
 """The floor under script 8's DDict reads: the same values, the same reader, nothing else.
 
 A frozen DDict (one manager per node, as script 8 makes it) holds `--num_sims` values of
-one simulation's size, put by dragon_config.Writer in a process on the runtime's last node;
+one simulation's size, put by ddict_io.Writer in a process on the runtime's last node;
 then `--readers` Dragon processes, on the first node, each get every value with
-dragon_config.Reader (the trainers' code) and time each get. No simulation, no check or
+ddict_io.Reader (the trainers' code) and time each get. No simulation, no check or
 conversion between gets, no head polling: what is left is the cost of a get itself. On
 one node that is a local get; in a runtime of several nodes (e.g. on the local cluster:
 `bash cluster/local_cluster.sh run 1 python benchmarks/ddict_floor.py ...`) every get
@@ -27,7 +27,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
-import dragon_config  # noqa: E402
+from plumbing import dragon_launch  # noqa: E402
+from plumbing import ddict_io, dragon_setup, lifecycle, records  # noqa: E402
 
 SETTLE_S = 2.0      # on 2 cores, a process start or exit slowed gets ~10x for about 0.3 s
 
@@ -35,7 +36,7 @@ SETTLE_S = 2.0      # on 2 cores, a process start or exit slowed gets ~10x for a
 def reader(d, manifest, rounds, go, out, release):
     """Get every value `rounds` times; report each round's per-get times."""
     import time
-    store = dragon_config.Reader(d)
+    store = ddict_io.Reader(d)
     out.put("ready")
     go.get()
     seconds = []
@@ -53,7 +54,7 @@ def writer(d, num_sims, grid_size, out):
     """Put `num_sims` copies of one simulation's pairs into this node's manager."""
     import time
     pairs = common.simulate(0, 50.0, grid_size, compute_time=0).pairs
-    store = dragon_config.Writer(d, 1)
+    store = ddict_io.Writer(d, 1)
     manifest, put_s = [], 0.0
     for index in range(num_sims):
         start = time.perf_counter()
@@ -67,21 +68,21 @@ def writer(d, num_sims, grid_size, out):
 def measure(num_sims: int, grid_size: int, readers: int, rounds: int) -> dict:
     from dragon.native.queue import Queue
     from dragon.native.process import Process
-    nodes = [dragon_config.Node(h) for h in dragon_config.System().nodes]
+    nodes = [dragon_setup.Node(h) for h in dragon_setup.System().nodes]
     hosts = [node.hostname for node in nodes]
     nbytes = common.data_bytes(1, grid_size)
-    total, _ = dragon_config.ddict_size(num_sims, grid_size, 1)
-    d = dragon_config.DDict(1, len(nodes), total * len(nodes),
-                            timeout=dragon_config.ddict_timeout_s(nodes, readers + 1))
+    total, _ = ddict_io.ddict_size(num_sims, grid_size, 1)
+    d = ddict_io.DDict(1, len(nodes), total * len(nodes),
+                            timeout=ddict_io.ddict_timeout_s(nodes, readers + 1))
     go, out, release = Queue(), Queue(), Queue()
     try:
         put = Process(target=writer, args=(d, num_sims, grid_size, out),
-                      policy=dragon_config.on(hosts[-1]))
+                      policy=dragon_setup.on(hosts[-1]))
         put.start()
         manifest, put_s = out.get(timeout=600)
         put.join(timeout=60)
         d.freeze()
-        here = dragon_config.on(hosts[0])
+        here = dragon_setup.on(hosts[0])
         procs = [Process(target=reader, args=(d, manifest, rounds, go, out, release),
                          policy=here)
                  for _ in range(readers)]
@@ -111,10 +112,10 @@ def measure(num_sims: int, grid_size: int, readers: int, rounds: int) -> dict:
             "get_median_s": statistics.median(x for s in first for x in s),
             "get_mean_s": statistics.fmean(x for s in first for x in s),
             "read_s_per_reader": per_reader,
-            "read_gbps_per_reader": nbytes * num_sims / statistics.fmean(per_reader) / common.GB,
+            "read_gbps_per_reader": nbytes * num_sims / statistics.fmean(per_reader) / records.GB,
             "repeat_gbps_per_reader": (nbytes * num_sims * (rounds - 1)
                                        / statistics.fmean(sum(r["get_s"][num_sims:])
-                                                          for r in results) / common.GB
+                                                          for r in results) / records.GB
                                        if rounds > 1 else None)}
 
 
@@ -126,8 +127,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="reads of every value per reader")
     parser.add_argument("--json", help="append one JSON line per measurement here")
     args = parser.parse_args(argv)
-    dragon_config.relaunch_under_dragon(__file__, sys.argv[1:] if argv is None else argv)
-    dragon_config.init_head()
+    dragon_launch.relaunch_under_dragon(__file__, sys.argv[1:] if argv is None else argv)
+    dragon_launch.init_head()
     for readers in map(int, args.readers.split(",")):
         result = measure(args.num_sims, args.grid_size, readers, args.rounds)
         where = ("" if result["reader_host"] == result["manager_host"] else
@@ -143,4 +144,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    common.run_workflow(main)    # its exit status reaches the launching process, on any node
+    lifecycle.run_workflow(main)    # its exit status reaches the launching process, on any node

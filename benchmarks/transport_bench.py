@@ -16,7 +16,7 @@ next to what this machine does in the same run:
               running: script 8's gets are held to it
   lists       the earlier public version's way through the futures: each simulation returns
               Python lists of 2D arrays, a trainer receives them all, through the same
-              parsl_config executors (--lists; compared with the futures workflow)
+              plumbing/parsl_setup executors (--lists; compared with the futures workflow)
 
     python benchmarks/transport_bench.py                      # the default runs (~30 min here)
     python benchmarks/transport_bench.py --quick              # 16 x 64 and 16 x 256, one reader
@@ -46,8 +46,9 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
+from plumbing import records  # noqa: E402
 
-GB = common.GB
+GB = records.GB
 FUTURES = "5_parsl_fut_producer_consumer.py"
 WORKFLOWS = {                       # name: (script, extra flags)
     "fs": ("6_parsl_fs_producer_consumer.py", []),
@@ -251,12 +252,12 @@ def lists_baseline(num_sims: int, grid_size: int, trainers: int) -> dict:
     """Run in a child process: the same executors and warm-up as the futures workflow, then
     the lists version of the data movement, timed like 5 times its own."""
     from parsl.app.app import python_app
-    import parsl_config
+    from plumbing import parsl_setup
     run_dir = tempfile.mkdtemp(prefix="bench-lists-")
     try:
-        with parsl_config.workflow(run_dir, num_sims, trainers):
-            simulation = python_app(lists_simulation, executors=[parsl_config.SIMULATORS])
-            trainer = python_app(lists_trainer, executors=[parsl_config.TRAINERS])
+        with parsl_setup.workflow(run_dir, num_sims, trainers):
+            simulation = python_app(lists_simulation, executors=[parsl_setup.SIMULATORS])
+            trainer = python_app(lists_trainer, executors=[parsl_setup.TRAINERS])
             arrived = {}
             futures = []
             for i, period in enumerate(common.wave_periods(num_sims)):
@@ -455,7 +456,7 @@ def main(argv=None) -> int:
     readers = [int(r) for r in args.readers.split(",")]
     machine = {"hostname": socket.gethostname(), "cores": os.cpu_count(),
                "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
-               "load_average_at_start": os.getloadavg(), "versions": common.versions()}
+               "load_average_at_start": os.getloadavg(), "versions": records.versions()}
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine,
               "settings": vars(args), "cells": {}, "errors": []}
     print(f"Machine: {machine['hostname']}, {machine['cores']} cores, "

@@ -283,7 +283,7 @@ class LocalCluster:
 
         Not counted: the way into a repository under /tmp (bound back into each node's
         /tmp), and Dragon's network-configuration cache: after an ssh launch Dragon 0.15
-        leaves /tmp/dragon-<host id>-<salt> on each node (dragon_config fixes the salt, so
+        leaves /tmp/dragon-<host id>-<salt> on each node (plumbing/dragon_launch.py fixes the salt, so
         that it stays one small file a node)."""
         found = {}
         way_in = ROOT.parts[2:3] if ROOT.parts[1:2] == ("tmp",) else ()
@@ -350,6 +350,18 @@ def cluster_workdir(request):
     except OSError:
         pass
 
+
+
+# a test that asks for one of these starts real processes (a workflow script, a job, a
+# runtime, a cluster): it is slow; `python -m pytest -m "not slow" tests` leaves it out
+SLOW_FIXTURES = {"workdir", "nothing_left", "local_cluster", "cluster_workdir", "slurm",
+                 "two_nodes", "redis_server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(tryfirst=True)

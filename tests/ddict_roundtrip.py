@@ -1,5 +1,5 @@
 """Run by test_dragon_workflows.py: values of every size class through a real DDict, written
-by dragon_config.Writer and read back by dragon_config.Reader in another Dragon process;
+by ddict_io.Writer and read back by ddict_io.Reader in another Dragon process;
 and, in the same runtime, the Queue waits that dragon_site/sitecustomize.py changes: a get
 that times out, and a get that sleeps until the head puts an item of many pieces.
 
@@ -16,10 +16,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
-import dragon_config  # noqa: E402
+from plumbing import dragon_launch  # noqa: E402
+from plumbing import ddict_io, dragon_fixes, lifecycle  # noqa: E402
 import numpy as np  # noqa: E402
 
-PIECE = dragon_config.RawPairs.PIECE
+PIECE = ddict_io.RawPairs.PIECE
 SHAPES = [                      # float64 elements: the size classes of RawPairs.dump
     (1,),                       # one element
     (3, 5),                     # 120 bytes: not a power of two
@@ -42,7 +43,7 @@ def big_item() -> bytes:
 
 def waits(inbox, out) -> dict:
     """This process's Queue.get: patched, an empty get's timeout kept, an item intact."""
-    seen = {"get_sleeps": dragon_config.queue_get_sleeps()}
+    seen = {"get_sleeps": dragon_fixes.queue_get_sleeps()}
     start = time.monotonic()
     try:
         inbox.get(timeout=0.3)
@@ -57,7 +58,7 @@ def waits(inbox, out) -> dict:
 
 def reader(d, manifest, inbox, out):
     queue_waits = waits(inbox, out)
-    store = dragon_config.Reader(d)
+    store = ddict_io.Reader(d)
     seen = []
     for sim, expected in zip(manifest, values()):
         got = store.get(sim)
@@ -69,14 +70,14 @@ def reader(d, manifest, inbox, out):
 
 
 def main() -> int:
-    dragon_config.relaunch_under_dragon(__file__, sys.argv[1:])
+    dragon_launch.relaunch_under_dragon(__file__, sys.argv[1:])
     from dragon.native.process import Process
     from dragon.native.queue import Queue
-    dragon_config.init_head()
-    d = dragon_config.DDict(1, 1, 256 * 2**20, timeout=60)
+    dragon_launch.init_head()
+    d = ddict_io.DDict(1, 1, 256 * 2**20, timeout=60)
     out, inbox = Queue(), Queue(buffered=False, num_streams=2)
     try:
-        writer = dragon_config.Writer(d, 1)
+        writer = ddict_io.Writer(d, 1)
         manifest = [common.SimReport(i, 0.0, 0, v.nbytes, 0.0, 0.0, "", 0, writer.put(i, v))
                     for i, v in enumerate(values())]
         d.freeze()
@@ -86,7 +87,7 @@ def main() -> int:
         time.sleep(0.5)                     # the reader's get is waiting by now
         inbox.put(big_item())
         result = out.get(timeout=120)
-        result["head_get_sleeps"] = dragon_config.queue_get_sleeps()
+        result["head_get_sleeps"] = dragon_fixes.queue_get_sleeps()
         process.join(timeout=60)
         print("ROUNDTRIP " + json.dumps(result), flush=True)
     finally:
@@ -97,4 +98,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    common.run_workflow(main)    # its exit status reaches the launching process, on any node
+    lifecycle.run_workflow(main)    # its exit status reaches the launching process, on any node

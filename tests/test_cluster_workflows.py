@@ -84,7 +84,7 @@ def test_ddict_workflow_uses_every_node(two, cluster_workdir, launch):
     else:                           # as a user types it; dragon_site/ brings the 0.15 fix
         argv = ["dragon", *two.exports["PC_DRAGON_ARGS"].split(), str(ROOT / DDICT), *args]
         env = dict(two.env, PC_TEST_RUN=str(cluster_workdir),
-                   PYTHONPATH=f"{ROOT / 'dragon_site'}:{ROOT}")
+                   PYTHONPATH=f"{ROOT / 'plumbing' / 'dragon_site'}:{ROOT}")
     started = time.monotonic()
     proc = two.run(1, argv, cwd=cluster_workdir, timeout=600, env=env)
     wall_s = time.monotonic() - started
@@ -108,7 +108,7 @@ def start(cluster, argv, workdir) -> subprocess.Popen:
 
 # the simulations take 16 x 2 s / (2 nodes x 2 workers) = 8 s: time to strike
 SLOW = ["--num_sims", 16, "--num_trainers", 2, "--compute_time", "0.2"]
-# processes are named by dragon_config.reporting and parsl_config's warm-up
+# processes are named by dragon_setup.reporting and parsl_setup's warm-up
 WORKERS_ON_NODE_2 = {DDICT: "^pc: simulator", FS: "^pc: simulators worker"}
 
 
@@ -160,4 +160,23 @@ def test_a_head_refused_inside_a_multi_node_runtime_fails_the_run(two, cluster_w
     assert "error: failure injected through PC_INJECT_FAILURE=head:0, inside the runtime" in out
     assert not (cluster_workdir / "r.jsonl").exists()
     assert sorted(os.listdir(cluster_workdir)) == ["data"]
+    nothing_left_on(two, cluster_workdir)
+
+
+@pytest.mark.parametrize("script", [DDICT, FS])
+def test_a_task_that_fails_on_node_2_names_its_traceback(two, cluster_workdir, script):
+    """Trainer 1 (on node 2 for Dragon: trainers go round-robin over the nodes) raises: the
+    run fails with one line naming a file that holds that task's own traceback."""
+    from conftest import TAG
+    from test_reliability import assert_traceback_of_task
+    env = dict(two.env, PC_INJECT_FAILURE="trainer:1", **{TAG: str(cluster_workdir)})
+    proc = two.run(1, [script, *run_args(cluster_workdir, "--num_sims", 4)], cwd=cluster_workdir,
+                   env=env, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    [line] = [line for line in out.splitlines() if "error:" in line]
+    assert "error: trainer 1 failed: RuntimeError: failure injected" in line, line
+    text = assert_traceback_of_task(line, "train")
+    if script == DDICT:
+        assert "on node2:" in text, text
     nothing_left_on(two, cluster_workdir)

@@ -12,9 +12,10 @@ import pytest
 
 from conftest import ROOT, run_script, script_env
 
-import dragon_config  # noqa: E402  (conftest puts the repository on sys.path)
+from plumbing import dragon_launch  # noqa: E402  (conftest puts the repository on sys.path)
+from plumbing import ddict_io, dragon_fixes  # noqa: E402
 
-SITE = dragon_config._SITE           # dragon_site/sitecustomize.py, as dragon_config loaded it
+SITE = dragon_fixes._SITE           # dragon_site/sitecustomize.py, as plumbing/dragon_fixes.py loaded it
 
 
 # --------------------------------------------------------------------------- the rule
@@ -24,12 +25,12 @@ SITE = dragon_config._SITE           # dragon_site/sitecustomize.py, as dragon_c
     ("hsta", 2, 64, False),         # Polaris: HSTA between nodes of many cores
     ("hsta", 2, 2, False),          # HSTA: off, also on small nodes
     ("hsta", 1, 2, True),           # one node of few cores (this machine)
-    ("hsta", 1, dragon_config.FEW_CORES, True),
-    ("hsta", 1, dragon_config.FEW_CORES + 1, False),
+    ("hsta", 1, dragon_fixes.FEW_CORES, True),
+    ("hsta", 1, dragon_fixes.FEW_CORES + 1, False),
     ("tcp", 1, 64, False),          # one node has no transport agent: cores decide
 ])
 def test_auto_rule_tcp_agents_or_few_cores_never_hsta(transport, nodes, cores, on):
-    decided, why = dragon_config.fixes_rule("auto", transport, nodes, cores)
+    decided, why = dragon_fixes.fixes_rule("auto", transport, nodes, cores)
     assert decided is on
     assert why.startswith("auto: ") and "\n" not in why
 
@@ -38,7 +39,7 @@ def test_auto_rule_tcp_agents_or_few_cores_never_hsta(transport, nodes, cores, o
 @pytest.mark.parametrize("transport, nodes, cores", [("tcp", 2, 2), ("hsta", 2, 64),
                                                      ("hsta", 1, 2), ("hsta", 1, 64)])
 def test_on_and_off_force_it_everywhere(setting, transport, nodes, cores):
-    assert dragon_config.fixes_rule(setting, transport, nodes, cores) == (
+    assert dragon_fixes.fixes_rule(setting, transport, nodes, cores) == (
         setting == "on", f"PC_DRAGON_FIXES={setting}")
 
 
@@ -49,13 +50,13 @@ def test_setting_read_from_the_environment(monkeypatch, value, setting):
         monkeypatch.delenv("PC_DRAGON_FIXES", raising=False)
     else:
         monkeypatch.setenv("PC_DRAGON_FIXES", value)
-    assert dragon_config.fixes_setting() == setting
+    assert dragon_fixes.fixes_setting() == setting
 
 
 def test_a_bad_setting_is_a_value_error(monkeypatch):
     monkeypatch.setenv("PC_DRAGON_FIXES", "yes")
     with pytest.raises(ValueError, match="PC_DRAGON_FIXES='yes': give auto, on or off"):
-        dragon_config.fixes_setting()
+        dragon_fixes.fixes_setting()
 
 
 @pytest.fixture
@@ -73,22 +74,22 @@ def launching(monkeypatch):
 
 def test_launch_with_tcp_agents_puts_dragon_site_on_pythonpath(launching):
     launching("-t tcp --wlm ssh --hostlist node1,node2", cores=64)
-    assert dragon_config.runtime_transport() == "tcp"
-    env = dragon_config.launch_fixes_env()              # 2 nodes, counted by launch_plan
-    assert env["PYTHONPATH"].split(os.pathsep)[0] == dragon_config.DRAGON_SITE
+    assert dragon_launch.runtime_transport() == "tcp"
+    env = dragon_launch.launch_fixes_env()              # 2 nodes, counted by launch_plan
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == dragon_fixes.DRAGON_SITE
     assert env["PC_DRAGON_FIXES_RULE"].startswith("on: auto: 2 nodes over the TCP")
 
 
 def test_launch_under_hsta_leaves_dragon_site_out(launching, monkeypatch):
     launching("--hostlist node1,node2", cores=2)
-    monkeypatch.setenv("PYTHONPATH", dragon_config.DRAGON_SITE)     # even if a user put it there
+    monkeypatch.setenv("PYTHONPATH", dragon_fixes.DRAGON_SITE)     # even if a user put it there
     from dragon.infrastructure import facts
     if not facts.HSTA_BINARY.is_file():
         pytest.skip("no HSTA binary: Dragon falls back to TCP")
-    assert dragon_config.runtime_transport() == "hsta"             # Dragon's default
-    env = dragon_config.launch_fixes_env()
-    assert dragon_config.DRAGON_SITE not in env["PYTHONPATH"].split(os.pathsep)
-    assert dragon_config.HERE in env["PYTHONPATH"].split(os.pathsep)
+    assert dragon_launch.runtime_transport() == "hsta"             # Dragon's default
+    env = dragon_launch.launch_fixes_env()
+    assert dragon_fixes.DRAGON_SITE not in env["PYTHONPATH"].split(os.pathsep)
+    assert dragon_fixes.REPOSITORY in env["PYTHONPATH"].split(os.pathsep)
     assert env["PC_DRAGON_FIXES_RULE"].startswith("off: auto: 2 nodes over hsta")
 
 
@@ -97,26 +98,26 @@ def test_without_the_hsta_binary_dragon_uses_tcp_and_the_rule_follows(launching,
     launching("--hostlist node1,node2", cores=64)
     from dragon.infrastructure import facts
     monkeypatch.setattr(facts, "HSTA_BINARY", tmp_path / "no-hsta")
-    assert dragon_config.runtime_transport() == "tcp"
-    assert dragon_config.fixes_for_launch()[0] is True
+    assert dragon_launch.runtime_transport() == "tcp"
+    assert dragon_launch.fixes_for_launch()[0] is True
 
 
 @pytest.mark.parametrize("cores, on", [(2, True), (64, False)])
 def test_launch_on_one_node_counts_its_cores(launching, cores, on):
     launching("", cores=cores)
-    assert dragon_config.fixes_for_launch(nodes=1)[0] is on
+    assert dragon_launch.fixes_for_launch(nodes=1)[0] is on
     # -N 1 of a TCP host list: one node, no agent; the cores decide
     launching("-t tcp --hostlist node1,node2", cores=cores)
-    assert dragon_config.fixes_for_launch(nodes=1)[0] is on
+    assert dragon_launch.fixes_for_launch(nodes=1)[0] is on
 
 
 @pytest.mark.parametrize("setting", ["on", "off"])
 def test_forced_setting_needs_no_launch_plan(launching, monkeypatch, setting):
     launching("--hostlist node1,node2", cores=64)
     monkeypatch.setenv("PC_DRAGON_FIXES", setting)
-    monkeypatch.setattr(dragon_config, "launch_plan", lambda: pytest.fail("not needed"))
-    env = dragon_config.launch_fixes_env()
-    assert (dragon_config.DRAGON_SITE in env["PYTHONPATH"].split(os.pathsep)) is (setting == "on")
+    monkeypatch.setattr(dragon_launch, "launch_plan", lambda: pytest.fail("not needed"))
+    env = dragon_launch.launch_fixes_env()
+    assert (dragon_fixes.DRAGON_SITE in env["PYTHONPATH"].split(os.pathsep)) is (setting == "on")
     assert env["PC_DRAGON_FIXES_RULE"] == f"{setting}: PC_DRAGON_FIXES={setting}"
 
 
@@ -124,7 +125,7 @@ def test_inside_a_runtime_the_transport_is_the_runtimes(monkeypatch):
     monkeypatch.setenv("DRAGON_MY_PUID", "1")
     monkeypatch.setenv("DRAGON_TRANSPORT_AGENT", "tcp")
     monkeypatch.setenv("PC_DRAGON_ARGS", "")
-    assert dragon_config.runtime_transport() == "tcp"
+    assert dragon_launch.runtime_transport() == "tcp"
 
 
 @pytest.mark.parametrize("script", ["8_dragon_producer_consumer.py", "7_dragon_ddict.py"])
@@ -142,8 +143,8 @@ def test_a_bad_value_is_refused_in_one_line_before_the_runtime(tmp_path, script)
 # --------------------------------------------------------------------------- the version guard
 def test_one_version_constant_exactly_0_15_0():
     assert SITE["PATCHED_VERSIONS"] == ("0.15.0",)
-    assert dragon_config.PATCHED_VERSIONS is SITE["PATCHED_VERSIONS"]
-    assert "startswith" not in (ROOT / "dragon_site" / "sitecustomize.py").read_text()
+    assert dragon_fixes.PATCHED_VERSIONS is SITE["PATCHED_VERSIONS"]
+    assert "startswith" not in (ROOT / "plumbing" / "dragon_site" / "sitecustomize.py").read_text()
 
 
 def fake_dragon():
@@ -173,15 +174,15 @@ def test_only_the_exact_version_is_patched(monkeypatch, version, patched):
     assert SITE["calm_agent"](client_module) is patched
     recv_s = SITE["AGENT_RECV_S"] if patched else 0.1
     assert client_module.Client.recv.__defaults__ == (recv_s,)
-    assert dragon_config.dragon_version_patched() is patched
+    assert dragon_fixes.dragon_version_patched() is patched
     if not patched:     # the one-copy read, a private-API path, is guarded the same way
-        assert dragon_config.one_copy_supported() is False
+        assert ddict_io.one_copy_supported() is False
 
 
 def sitecustomize_installs(**env) -> bool:
     """Whether dragon_site/sitecustomize.py installs its import hook in a fresh Python."""
     code = ("import sys; print(any(type(f).__name__ == '_PatchOnImport' for f in sys.meta_path))")
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "dragon_site"), **env)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "plumbing" / "dragon_site"), **env)
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -194,23 +195,23 @@ def test_off_keeps_the_fixes_out_even_with_dragon_site_on_pythonpath():
 
 
 def test_runtime_pythonpath_with_and_without_dragon_site(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([dragon_config.DRAGON_SITE, "/elsewhere"]))
-    assert dragon_config.runtime_pythonpath(True).split(os.pathsep) == [
-        dragon_config.DRAGON_SITE, dragon_config.HERE, "/elsewhere"]
-    assert dragon_config.runtime_pythonpath(False).split(os.pathsep) == [
-        dragon_config.HERE, "/elsewhere"]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([dragon_fixes.DRAGON_SITE, "/elsewhere"]))
+    assert dragon_fixes.runtime_pythonpath(True).split(os.pathsep) == [
+        dragon_fixes.DRAGON_SITE, dragon_fixes.REPOSITORY, "/elsewhere"]
+    assert dragon_fixes.runtime_pythonpath(False).split(os.pathsep) == [
+        dragon_fixes.REPOSITORY, "/elsewhere"]
 
 
 # --------------------------------------------------------------------------- real runtimes
 PROBE = '''
 import json, sys
 sys.path.insert(0, {root!r})
-import common, dragon_config
+from plumbing import dragon_fixes, dragon_launch, lifecycle
 
 
 def child(out):
-    out.put({{"queue_get_sleeps": dragon_config.queue_get_sleeps(),
-              "queue_poll_waits": dragon_config.queue_poll_fixed()}})
+    out.put({{"queue_get_sleeps": dragon_fixes.queue_get_sleeps(),
+              "queue_poll_waits": dragon_fixes.queue_poll_fixed()}})
 
 
 def main():
@@ -222,15 +223,15 @@ def main():
     seen = out.get(timeout=120)
     p.join(timeout=60)
     out.destroy()
-    print("FIXES " + json.dumps({{"head": dragon_config.fixes_record(), "child": seen}}))
+    print("FIXES " + json.dumps({{"head": dragon_fixes.fixes_record(), "child": seen}}))
     return 0
 
 
 if __name__ == "__main__":
-    dragon_config.relaunch_under_dragon(__file__, sys.argv[1:])
-    dragon_config.link_head_to_launcher(interrupts=False)
-    dragon_config.init_head()
-    common.run_workflow(main)
+    dragon_launch.relaunch_under_dragon(__file__, sys.argv[1:])
+    dragon_launch.link_head_to_launcher(interrupts=False)
+    dragon_launch.init_head()
+    lifecycle.run_workflow(main)
 '''
 
 
@@ -256,12 +257,12 @@ def test_a_real_runtime_records_which_fixes_ran(nothing_left, setting):
     """`python SCRIPT`: the launching process decides, the head and its processes follow, and
     the record says so (on this machine auto means on when it has at most FEW_CORES cores)."""
     seen = run_probe(nothing_left, "python", PC_DRAGON_FIXES=setting)
-    on = setting == "on" if setting != "auto" else dragon_config.fixes_rule(
+    on = setting == "on" if setting != "auto" else dragon_fixes.fixes_rule(
         "auto", "hsta", 1, len(os.sched_getaffinity(0)))[0]
     head = seen["head"]
     assert head["setting"] == setting
     assert head["rule"] == (f"PC_DRAGON_FIXES={setting}" if setting != "auto" else
-                            dragon_config.fixes_for_launch(nodes=1)[1])
+                            dragon_launch.fixes_for_launch(nodes=1)[1])
     assert head["queue_poll_waits"] is on and head["queue_get_sleeps"] is on
     assert head["agents_fixed"] is on                       # dragon_site on the launcher's path
     assert seen["child"] == {"queue_get_sleeps": on, "queue_poll_waits": on}

@@ -36,8 +36,8 @@ def test_ddict_workflow_moves_every_sample_exactly_once(nothing_left):
     assert ddict["keys"] == 128                                 # one value per simulation
     assert ddict["used_bytes"] >= record["bytes_produced"] and ddict["managers"] == 1
     fixes = ddict["dragon_fixes"]                   # PC_DRAGON_FIXES=auto: one node, its cores
-    import dragon_config
-    on, rule = dragon_config.fixes_rule("auto", None, 1, len(os.sched_getaffinity(0)))
+    from plumbing import dragon_fixes
+    on, rule = dragon_fixes.fixes_rule("auto", None, 1, len(os.sched_getaffinity(0)))
     assert fixes["setting"] == "auto" and fixes["rule"] == rule
     assert fixes["queue_get_sleeps"] is on and fixes["agents_fixed"] is on
     assert isinstance(record["ddict_create_s"], float) and record["ddict_create_s"] > 0
@@ -85,7 +85,7 @@ def test_a_full_ddict_fails_at_once_with_a_clear_message(nothing_left):
 
 @pytest.mark.parametrize("path", ["one-copy", "public"])
 def test_values_of_every_size_class_round_trip_through_a_real_ddict(nothing_left, path):
-    """dragon_config.Writer puts, Reader gets in another process: every size class of the
+    """ddict_io.Writer puts, Reader gets in another process: every size class of the
     value pickler (one element, not a power of two, one piece, just over, several pieces)
     comes back equal, through the one-copy read and through Dragon's public API. In the
     same runtime, dragon_site's sleeping Queue.get, in the head and in a child: an empty

@@ -42,6 +42,7 @@ def job_env(tmp_path, **settings):
     return env
 
 
+@pytest.mark.slow
 def test_main_job_fills_the_table_for_every_transport(tmp_path):
     # one size, given as SIMSxN; the dry runs below check several sizes. Every transport but
     # Redis, which test_proxystore.py runs end to end (to keep CI under its time budget)
@@ -77,6 +78,7 @@ def test_main_job_fills_the_table_for_every_transport(tmp_path):
     assert leftover_processes(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_failed_run_is_reported_and_fails_the_job(tmp_path):
     env = job_env(tmp_path, TRANSPORTS="filesystem", GRID_SIZES="16", WARMUP="0",
                   PC_INJECT_FAILURE="trainer:1")
@@ -118,6 +120,7 @@ def ctrl_c_at_a_terminal(workdir, env, timeout) -> str:
     return text
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_whole_job_and_cleans_up(tmp_path):
     """^C typed at a terminal reaches every process of the job; the job must stop, not go on
     with the next run, and the workflow must remove its data directory."""

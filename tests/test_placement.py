@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 import common
+from plumbing import cli, records
 from conftest import TINY, read_records, run_script, script_env
 
 NODES = [1, 2, 3, 4]
@@ -18,14 +19,14 @@ def hosts_of(nodes: int) -> list[str]:
 
 
 def default_trainers(nodes: int, gpus: int) -> int:
-    return gpus * nodes or common.CPU_TRAINERS
+    return gpus * nodes or cli.CPU_TRAINERS
 
 
 @pytest.mark.parametrize("nodes,gpus", list(itertools.product(NODES, GPUS)))
 def test_dragon_puts_one_trainer_on_each_gpu(nodes, gpus):
-    import dragon_config
+    from plumbing import dragon_setup
     trainers = default_trainers(nodes, gpus)
-    policies = dragon_config.trainer_policies(hosts_of(nodes), trainers, gpus)
+    policies = dragon_setup.trainer_policies(hosts_of(nodes), trainers, gpus)
     assert len(policies) == trainers
     places = [(p.host_name, tuple(p.gpu_affinity)) for p in policies]
     if gpus:
@@ -38,25 +39,25 @@ def test_dragon_puts_one_trainer_on_each_gpu(nodes, gpus):
         assert max(counts) - min(counts) <= 1
     # fewer trainers than GPUs: spread over the nodes first
     if gpus and nodes > 1:
-        first = dragon_config.trainer_policies(hosts_of(nodes), nodes, gpus)
+        first = dragon_setup.trainer_policies(hosts_of(nodes), nodes, gpus)
         assert sorted(p.host_name for p in first) == hosts_of(nodes)
         assert all(p.gpu_affinity == [0] for p in first)
 
 
 @pytest.mark.parametrize("nodes,gpus", list(itertools.product(NODES, GPUS)))
 def test_parsl_gives_each_node_one_trainer_worker_per_gpu(nodes, gpus, tmp_path, monkeypatch):
-    import parsl_config
+    from plumbing import parsl_setup
     monkeypatch.setenv("PARSL_MPI_FLAVOUR", "hydra")    # no mpiexec needed to build a config
     monkeypatch.setenv("PARSL_IFACE", "lo")
     trainers = default_trainers(nodes, gpus)
-    layout = parsl_config.Layout.plan(hosts_of(nodes), num_sims=32, num_trainers=trainers,
+    layout = parsl_setup.Layout.plan(hosts_of(nodes), num_sims=32, num_trainers=trainers,
                                       gpus=gpus, cpus=8)
     assert layout.trainer_workers * nodes >= trainers
-    assert layout.trainer_workers == (gpus or -(-common.CPU_TRAINERS // nodes))
+    assert layout.trainer_workers == (gpus or -(-cli.CPU_TRAINERS // nodes))
     assert layout.cpu_threads == (0 if gpus else 8 // layout.trainer_workers)
-    config = parsl_config.make_config(str(tmp_path), layout.sim_workers, layout.trainer_workers,
+    config = parsl_setup.make_config(str(tmp_path), layout.sim_workers, layout.trainer_workers,
                                       gpus, hosts=layout.hosts)
-    executor = {e.label: e for e in config.executors}[parsl_config.TRAINERS]
+    executor = {e.label: e for e in config.executors}[parsl_setup.TRAINERS]
     assert executor.available_accelerators == [str(g) for g in range(gpus)]
     # Parsl starts min(max_workers_per_node, GPUs) workers per node where there are GPUs
     assert executor.max_workers_per_node == layout.trainer_workers
@@ -70,16 +71,16 @@ def test_parsl_gives_each_node_one_trainer_worker_per_gpu(nodes, gpus, tmp_path,
 
 @pytest.mark.parametrize("nodes,gpus", [(1, 1), (1, 4), (2, 4), (4, 2)])
 def test_parsl_layout_refuses_more_trainers_per_node_than_gpus(nodes, gpus):
-    import parsl_config
+    from plumbing import parsl_setup
     with pytest.raises(ValueError, match="trainers per node"):
-        parsl_config.Layout.plan(hosts_of(nodes), 8, gpus * nodes + 1, gpus, 8)
+        parsl_setup.Layout.plan(hosts_of(nodes), 8, gpus * nodes + 1, gpus, 8)
 
 
 def test_the_run_order_of_hosts_not_the_sorted_one():
     """PBS with --num_nodes below the allocation: the managers start on the first N hosts
     of $PBS_NODEFILE in its order, the ones the record lists (Parsl sorted them)."""
-    import parsl_config
-    script = parsl_config.mpi_launcher("hydra", ["x3", "x1"])("CMD", 1, 2)
+    from plumbing import parsl_launchers
+    script = parsl_launchers.mpi_launcher("hydra", ["x3", "x1"])("CMD", 1, 2)
     assert "printf '%s\\n' x3 x1 > $HOSTFILE" in script
 
 
@@ -115,12 +116,12 @@ def _trainer(rank, host="n1", device="cuda", visible="0", uuid="GPU-a", host_gpu
 def test_device_problems_are_found():
     ok = [_trainer(0, uuid="GPU-a"), _trainer(1, visible="1", uuid="GPU-b"),
           _trainer(2, host="n2", uuid="GPU-a")]                # the same GPU name on another node
-    assert common.device_problem(ok) is None
-    assert common.device_problem([_trainer(0, device="cpu", uuid="", host_gpus=0)]) is None
+    assert records.device_problem(ok) is None
+    assert records.device_problem([_trainer(0, device="cpu", uuid="", host_gpus=0)]) is None
     shared = [_trainer(0, uuid="GPU-a"), _trainer(1, visible="1", uuid="GPU-a")]
-    assert "trainers 0 and 1 shared one GPU of n1" in common.device_problem(shared)
+    assert "trainers 0 and 1 shared one GPU of n1" in records.device_problem(shared)
     on_cpu = [_trainer(0), _trainer(1, device="cpu", visible="", uuid="")]
-    assert "trainer 1 trained on the CPU of n1, which has 4 GPU(s)" in common.device_problem(on_cpu)
+    assert "trainer 1 trained on the CPU of n1, which has 4 GPU(s)" in records.device_problem(on_cpu)
 
 
 def test_a_trainer_on_the_cpu_of_a_gpu_node_fails_the_run(workdir):

@@ -1,6 +1,7 @@
 """Faults, interruptions, bad input and concurrent runs of 5, 6 and 8, with the real engines:
 every run ends within bounded time, says why, and leaves nothing behind (see nothing_left)."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 import pytest
 
 import common
+from plumbing import hosts
 from conftest import ROOT, TINY, leftover_processes, read_records, run_script, script_env
 
 FUT = "5_parsl_fut_producer_consumer.py"
@@ -33,8 +35,22 @@ def test_a_failing_task_ends_the_run_with_its_name(nothing_left, script, kind, i
     proc = run_script([script, *run_args(workdir, "--num_sims", 6, "--num_trainers", 2, *TINY)],
                       cwd=workdir, env=env, timeout=180)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert f"error: {kind} {index} failed: RuntimeError: failure injected" in proc.stderr
+    [line] = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert f"error: {kind} {index} failed: RuntimeError: failure injected" in line
     assert not (workdir / "r.jsonl").exists()
+    # the task's own traceback, from the worker that ran it, in the file the line names
+    assert_traceback_of_task(line, "simulate" if kind == "simulation" else "train")
+
+
+def assert_traceback_of_task(line: str, function: str) -> str:
+    """The file that an error line names holds the traceback of the task that failed: the
+    science's function that raised it, and the failure injected there."""
+    match = re.search(r"\(traceback in (\S+)\)$", line)
+    assert match, line
+    text = open(match.group(1)).read()
+    assert f"in {function}\n" in text and "maybe_inject_failure" in text, text
+    assert "RuntimeError: failure injected" in text, text
+    return text
 
 
 def start(argv, workdir) -> subprocess.Popen:
@@ -127,10 +143,10 @@ BAD_INPUT = [
 def memory_share(fraction):
     """--num_sims whose 512x512 data fill `fraction` of the memory available when the test runs
     (not when it is collected: the xdist workers must all collect the same test names)."""
-    return lambda: str(int(fraction * common.available_memory_bytes() / common.data_bytes(1, 512)))
+    return lambda: str(int(fraction * hosts.available_memory_bytes() / common.data_bytes(1, 512)))
 
 
-# each script checks its own limits on top of the shared ones (common.check_args)
+# each script checks its own limits on top of the shared ones (cli.check_args)
 BAD_INPUT_5_8 = [
     (FUT, ["--num_sims", "0"], "--num_sims"),
     (FUT, ["--data_dir", "missing"], "--data_dir"),
@@ -139,7 +155,7 @@ BAD_INPUT_5_8 = [
     (DDICT, ["--grid_size", "4"], "--grid_size"),
     (DDICT, ["--results_file", "/sys/r.jsonl"], "--results_file"),
     # more than the trainers alone would refuse, less than DDict + trainers need
-    (DDICT, ["--num_sims", memory_share(0.6), "--num_trainers", "2"], "the DDict needs"),
+    (DDICT, ["--num_sims", memory_share(0.6), "--num_trainers", "2"], "the DDict"),
 ]
 
 

@@ -10,7 +10,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def record(transport, grid_size=512, **overrides):
-    """A record with the keys common.make_record writes, and round numbers."""
+    """A record with the keys records.make_record writes, and round numbers."""
     produced = 32 * 10 * 2 * grid_size * grid_size * 8
     base = {
         "transport": transport, "date": "2026-11-24T10:30:00+0000", "num_nodes": 1,

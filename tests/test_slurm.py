@@ -128,14 +128,14 @@ def test_up_runs_the_daemons_in_the_nodes(slurm):
 
 
 def test_hostnames_as_scontrol_expands_them(slurm):
-    """common.expand_hostlist (used where scontrol cannot run) agrees with scontrol."""
-    import common
+    """hosts.expand_hostlist (used where scontrol cannot run) agrees with scontrol."""
+    from plumbing import hosts
     lists = ["node[1-2]", "nid[001-003,007],login1", "x[8-11]", "a[1-2]-b[01-02],c"]
     shown = slurm.cluster.run(1, ["sh", "-c", 'for l; do scontrol show hostnames "$l"; echo; done',
                                   "-", *lists], cwd=ROOT, env=slurm.env, timeout=60)
     assert shown.returncode == 0, shown.stderr
     expanded = [block.split() for block in shown.stdout.split("\n\n")[:len(lists)]]
-    assert [common.expand_hostlist(nodelist) for nodelist in lists] == expanded
+    assert [hosts.expand_hostlist(nodelist) for nodelist in lists] == expanded
 
 
 def test_dragon_counts_the_nodes_of_the_allocation(slurm, cluster_workdir):
@@ -143,15 +143,15 @@ def test_dragon_counts_the_nodes_of_the_allocation(slurm, cluster_workdir):
     checks --num_nodes against (and gives Dragon -N from) is the allocation's, 2, and `-N 1`
     in PC_DRAGON_ARGS makes it 1; --num_nodes 2 is accepted, 3 refused in one line."""
     env = slurm.job_env(cluster_workdir)
-    code = ("import os, dragon_config as dc; print(dc.launch_plan()[1]); "
+    code = ("import os; from plumbing import dragon_launch as dc; print(dc.launch_plan()[1]); "
             "os.environ['PC_DRAGON_ARGS'] += ' -N 1'; print(dc.launch_plan()[1])")
     salloc = ["salloc", "-N", "2", "-t", "5", "-J", "pc-count"]
     counted = slurm.cluster.run(1, [*salloc, sys.executable, "-c", code], cwd=ROOT, env=env,
                                 timeout=120)
     assert counted.returncode == 0, counted.stderr
     assert counted.stdout.split() == ["2", "1"], counted.stderr
-    check = ("import sys, common, dragon_config as dc; "
-             "args = dc.check_args(common.make_parser(''), sys.argv[1:]); "
+    check = ("import sys; from plumbing import cli, dragon_launch as dc; "
+             "args = dc.check_args(cli.make_parser(''), sys.argv[1:]); "
              "print(args.num_nodes, args.available_nodes)")
     tiny = ["--num_sims", "4", "--grid_size", "16", "--epochs", "0"]
     accepted = slurm.cluster.run(1, [*salloc, sys.executable, "-c", check, "--num_nodes", "2",

@@ -1,6 +1,6 @@
 """Fixes for DragonHPC 0.15, loaded by every Python process of the Dragon runtimes that 7
 and 8 start: Python imports `sitecustomize` at start-up from the first folder on
-PYTHONPATH that has one, and dragon_config.py puts this folder there when its rule says
+PYTHONPATH that has one, and plumbing/dragon_fixes.py puts this folder there when its rule says
 so (PC_DRAGON_FIXES; below, "The price"). Dragon passes
 PYTHONPATH on to its processes on every node, its own transport agents included, so the
 fixes reach them too.
@@ -28,8 +28,8 @@ fixes reach them too.
 The price: a process whose Queue waits have been idle for more than ~30 ms sees the next
 message up to 20 ms late, and Dragon's own services (global and local services, HSTA's
 Python wrapper: their InfraQueue is a Queue) are patched too, so every hop of the runtime's
-control plane can add that much. So dragon_config.py puts this folder on PYTHONPATH only
-where the spinning costs more than that (PC_DRAGON_FIXES, see dragon_config.py and
+control plane can add that much. So plumbing/dragon_fixes.py puts this folder on PYTHONPATH only
+where the spinning costs more than that (PC_DRAGON_FIXES, see plumbing/dragon_fixes.py and
 docs/dragon.md). PC_DRAGON_FIXES=off in a process's environment keeps the fixes out of it
 even with this folder on PYTHONPATH.
 
@@ -45,8 +45,8 @@ import queue as queue_errors
 import sys
 import time
 
-PATCHED_VERSIONS = ("0.15.0",)    # exact versions; dragon_config.py reads this one too
-SWITCH_ENV = "PC_DRAGON_FIXES"     # "off": no fix in this process (see dragon_config.py)
+PATCHED_VERSIONS = ("0.15.0",)    # exact versions; plumbing/dragon_fixes.py reads this one too
+SWITCH_ENV = "PC_DRAGON_FIXES"     # "off": no fix in this process (see plumbing/dragon_fixes.py)
 POLL_EVERY_S = 0.02         # control messages wait at most this long; a sleep costs ~nothing
 FIRST_CHECK_S = 0.001       # a get checks again after 1, 2, 4 ... ms, up to POLL_EVERY_S
 QUEUE_MODULE = "dragon.native.queue"
@@ -102,14 +102,19 @@ def _sleeping_get(get, poll):
     return sleeping_get
 
 
+def version_patched() -> bool:
+    """The one version guard: only the exact versions this was measured on are patched."""
+    from importlib import metadata
+    return metadata.version("dragonhpc") in PATCHED_VERSIONS
+
+
 def fix(queue_module) -> bool:
     """Make Queue.poll wait and Queue.get sleep while it waits; True if this Dragon needed
     it (and has it now)."""
-    from importlib import metadata
     queue = queue_module.Queue
     if getattr(queue.poll, "patched_by", None):
         return True
-    if metadata.version("dragonhpc") not in PATCHED_VERSIONS:
+    if not version_patched():
         return False
     poll_now = queue.poll
     queue.poll = _waiting_poll(poll_now)
@@ -119,8 +124,7 @@ def fix(queue_module) -> bool:
 
 def calm_agent(client_module) -> bool:
     """The TCP agent's receive loop: waits of 1 s instead of 0.1 s between its checks."""
-    from importlib import metadata
-    if metadata.version("dragonhpc") not in PATCHED_VERSIONS:
+    if not version_patched():
         return False
     client_module.Client.recv.__defaults__ = (AGENT_RECV_S,)
     return True

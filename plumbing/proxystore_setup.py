@@ -1,4 +1,4 @@
-"""ProxyStore plumbing for `5_parsl_fut_producer_consumer.py --proxystore CONNECTOR`.
+"""ProxyStore set-up for `5_parsl_fut_producer_consumer.py --proxystore CONNECTOR`.
 
 ProxyStore (https://docs.proxystore.dev) replaces an object by a small *proxy*: the bytes go
 into a store, and the proxy, which knows the store and the key, fetches them itself when it
@@ -22,7 +22,6 @@ Nothing here imports ProxyStore at import time, so the script runs by value with
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import os
 import shutil
@@ -31,11 +30,11 @@ import socket
 import subprocess
 import sys
 import time
-from importlib import metadata
 
 import numpy as np
 
 import common
+from plumbing import lifecycle, parsl_setup, records
 
 CONNECTORS = ("redis", "file", "zmq")
 STORE_NAME = "pc-proxystore"     # the workers' stores find the head's by this name
@@ -59,9 +58,18 @@ def add_argument(parser) -> None:
                              f"({', '.join(CONNECTORS)}) instead of by value through the head")
 
 
+def store_memory(args) -> dict[str, float]:
+    """For cli.check_args: what the store keeps in a node's memory. redis keeps everything
+    on the head node; each node's zmq server keeps that node's share; files sit in
+    --data_dir, not in memory."""
+    produced = common.data_bytes(args.num_sims, args.grid_size)
+    held = {"redis": produced, "zmq": produced / args.num_nodes}.get(args.proxystore, 0)
+    return {f"the {args.proxystore} store": held} if held else {}
+
+
 def check_args(parser, args) -> None:
-    """What --proxystore needs, refused in one line before anything starts: its Python
-    packages, redis-server on PATH, and memory for the trainers and the store."""
+    """For cli.check_args: what --proxystore needs, refused in one line before anything
+    starts: its Python packages and redis-server on PATH."""
     connector = args.proxystore
     if connector is None:
         return
@@ -74,42 +82,17 @@ def check_args(parser, args) -> None:
     if connector == "redis" and shutil.which("redis-server") is None:
         parser.error("argument --proxystore redis: no redis-server on PATH (Debian: apt-get "
                      "install redis-server; conda: conda install -c conda-forge redis)")
-    # the head node: its trainers (as common.check_args counts them) and its part of the
-    # store: redis keeps everything there; each node's zmq server keeps that node's share
-    # (the nodes run as many simulation workers each); files sit in --data_dir, not in memory
-    nodes = args.num_nodes                  # set by common.check_args
-    produced = common.data_bytes(args.num_sims, args.grid_size)
-    store_bytes = {"redis": produced, "zmq": produced / nodes}.get(connector, 0)
-    trainers_here = -(-args.num_trainers // nodes)
-    need = trainers_here * produced * COPIES_PER_TRAINER + store_bytes
-    available = common.available_memory_bytes()
-    if available and need > 0.9 * available:
-        parser.error(f"arguments --num_sims/--grid_size/--num_trainers: {trainers_here} "
-                     f"trainer(s) per node and the {connector} store would hold "
-                     f"{need / common.GB:.1f} GB but the node has "
-                     f"{available / common.GB:.1f} GB available")
 
 
 # --------------------------------------------------------------------------- servers
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the process that started it dies, even by
-    SIGKILL, so that a server never outlives its owner."""
-    if _libc is not None:
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def _start(argv: list[str], log_path: str | None) -> subprocess.Popen:
     # a process group of its own: a Ctrl-C in the terminal reaches the head only, which
-    # stops the server after everything that uses it
+    # stops the server after everything that uses it; SIGTERM when its owner dies
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, process_group=0,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=lifecycle.signal_when_parent_dies(signal.SIGTERM))
     finally:
         if log_path:
             log.close()
@@ -215,7 +198,7 @@ def start_zmq_server(address: str, port: int) -> subprocess.Popen | None:
 
 # --------------------------------------------------------------------------- the store
 @contextlib.contextmanager
-def open_store(connector: str | None, run_dir: str, hosts: list[str], max_value_bytes: int):
+def open_store(connector: str | None, run_dir: str, num_nodes: int, max_value_bytes: int):
     """Start what `connector` needs and yield a Store for it (None without a connector).
     On the way out, also after an error or Ctrl-C, its contents are removed and its servers
     stopped."""
@@ -224,9 +207,9 @@ def open_store(connector: str | None, run_dir: str, hosts: list[str], max_value_
         return
     from proxystore.store import Store
     address = LOOPBACK
-    if len(hosts) > 1:
-        import parsl_config     # the address the managers reach the head by ($PARSL_IFACE)
-        address = parsl_config.interchange_address() or socket.gethostname()
+    if num_nodes > 1:
+        # the address the managers reach the head by ($PARSL_IFACE)
+        address = parsl_setup.interchange_address() or socket.gethostname()
     servers = []
     store = None
     try:
@@ -285,8 +268,7 @@ def _worker_store(config):
     if config.connector.kind == ZMQ_KIND:
         options = dict(config.connector.options)
         if options["address"] != LOOPBACK:
-            import parsl_config
-            options["address"] = parsl_config.interchange_address() or socket.gethostname()
+            options["address"] = parsl_setup.interchange_address() or socket.gethostname()
         _node_servers.append(start_zmq_server(options["address"], options["port"]))
         config = config.model_copy(update={"connector": ConnectorConfig(
             kind=config.connector.kind, options=options)})
@@ -298,29 +280,10 @@ def _worker_store(config):
 _node_servers: list = []    # keeps a worker's zmq server (if it started one) referenced
 
 
-def _connect(config, hold_s: float) -> tuple[str, int]:
-    """Warm-up task: import ProxyStore and connect to the store, so no IO time pays for it."""
-    _worker_store(config)
-    time.sleep(hold_s)      # stay busy so that the next warm-up task lands on another worker
-    return socket.gethostname(), os.getpid()    # pids repeat across nodes (PID namespaces)
-
-
-def warm_up(store, workers: dict[str, int], timeout_s: float = 120.0) -> None:
-    """Run _connect once in every worker of every executor (label -> worker count)."""
-    from parsl.app.app import python_app
-    config = store.config()
-    connect = {label: python_app(_connect, executors=[label]) for label in workers}
-    seen: dict[str, set[tuple[str, int]]] = {label: set() for label in workers}
-    deadline = time.monotonic() + timeout_s
-    while any(len(seen[label]) < expected for label, expected in workers.items()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"ProxyStore warm-up: not every worker connected to the store "
-                               f"within {timeout_s:.0f} s")
-        # both executors at once; a round again only where a worker was missed
-        rounds = {label: [connect[label](config, 0.3) for _ in range(expected)]
-                  for label, expected in workers.items() if len(seen[label]) < expected}
-        for label, futures in rounds.items():
-            seen[label].update(common.results_of(futures, "ProxyStore warm-up"))
+def warm_up(store, layout: parsl_setup.Layout, timeout_s: float = 120.0) -> None:
+    """Every worker of every executor connects to the store once, before any phase."""
+    parsl_setup.warm_up(layout.workers, time.monotonic() + timeout_s, _worker_store,
+                        store.config())
 
 
 # --------------------------------------------------------------------------- the wrapper
@@ -425,12 +388,8 @@ def record(store, connector: str, sim_splits: list[dict], train_splits: list[dic
            evicted: dict) -> dict:
     """The record's `proxystore` entry: where the bytes went, ProxyStore's own split of the
     IO times (Store metrics, per simulation and per trainer: mean and max), what was left."""
-    versions = {}
-    for package in ("proxystore", "proxystore-ex", "redis"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
+    versions = {package: records.version(package)
+                for package in ("proxystore", "proxystore-ex", "redis")}
     entry = {"connector": connector, "where": describe(store), "versions": versions}
     for prefix, splits, fields in (("sim", sim_splits, ("serialize_s", "put_s")),
                                    ("train", train_splits, ("get_s", "deserialize_s"))):
@@ -442,28 +401,9 @@ def record(store, connector: str, sim_splits: list[dict], train_splits: list[dic
     entry["keys_put"] = sum(split["keys_put"] for split in sim_splits)
     entry["keys_got_per_trainer"] = [split["keys_got"] for split in train_splits]
     entry.update(evicted)
-    common.log(f"ProxyStore ({entry['where']}): per simulation serialize "
+    lifecycle.log(f"ProxyStore ({entry['where']}): per simulation serialize "
                f"{entry['sim_serialize_mean_s']:.4f} s + put {entry['sim_put_mean_s']:.4f} s; "
                f"per trainer get {entry['train_get_mean_s']:.3f} s + deserialize "
                f"{entry['train_deserialize_mean_s']:.3f} s (means); "
                f"{entry['keys_evicted']} keys evicted, {entry['keys_left']} left")
     return entry
-
-
-def io_includes(by_value: dict) -> dict:
-    """What script 5's IO times include with --proxystore: the same two stamps as by value
-    (`by_value`), but what happens between them differs."""
-    return {
-        **by_value,
-        "sim_io": "per simulation, time.time() from the end of its compute in the worker to "
-                  "the proxy's arrival in the head (done-callback): ProxyStore serializing the "
-                  "array and putting it into the store, then Parsl carrying the small result (a "
-                  "proxy instead of the array) to the head; proxystore.sim_* splits the store's part",
-        "train_io": "per trainer, time.time() from submitting the app in the head to the first "
-                    "line of its body: Parsl carrying the small arguments (proxies) to the "
-                    "worker, then the wrapper resolving every proxy (getting each array from the "
-                    "store and deserializing it); proxystore.train_* splits the store's part",
-        "serialization_probe": "Parsl's own (de)serializers run once more in the head after the "
-                               "training phase, outside every phase: what travels through Parsl "
-                               "is proxies, so these bytes are small",
-    }

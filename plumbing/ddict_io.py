@@ -1,0 +1,222 @@
+"""How script 8's data sits in Dragon's Distributed Dictionary: one value per simulation,
+its raw float64 bytes (RawPairs), written on the simulation's own node (Writer) and read
+into one reused array (Reader); the DDict's size, time limit and record entry.
+
+PC_DDICT_BYTES   a fixed DDict size in bytes instead of one sized from the data
+PC_DDICT_READ    "public": read through Dragon's documented API only (see Reader)
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import numpy as np
+from dragon.data import DDict
+
+import common
+from plumbing import dragon_fixes
+
+DDICT_BYTES_ENV = "PC_DDICT_BYTES"
+READ_PATH_ENV = "PC_DDICT_READ"      # "public": never the one-copy read path
+MANAGERS_PER_NODE = 1       # the DDict's shards: one per node, in that node's memory
+DDICT_TIMEOUT_BASE_S = 60   # a DDict operation's time limit on an idle machine (None could hang)
+FULL_AT = 0.9               # a manager refuses puts once its pool is 90% used (Dragon's default)
+HEADROOM = 1.3              # above that, for allocator fragmentation and bookkeeping
+VALUE_OVERHEAD = 4096       # bytes per value for its key and header, generously
+MIN_PER_MANAGER = 64 * 2**20    # a manager keeps its own tables in its pool too
+
+
+class RawPairs:
+    """DDict value pickler: a short header, then the array's bytes as they are in memory.
+
+    The default pickler (cloudpickle) copies the array into a pickle and back out again.
+    Here the bytes go out in power-of-two pieces, because a manager stores each write in
+    its own power-of-two block: one 40 MiB write would take a 64 MiB block, while 4 MiB
+    pieces take exactly 40 MiB, and a full DDict then fails at once instead of waiting
+    for a block that never comes. At most PIECE bytes each, because a reader gets every
+    piece as a new bytes object: small ones reuse the same heap memory and are still in
+    the cache when copied into the array; a 32 MiB one is fresh pages every time.
+
+    reuse=True (the trainers): load() refills one array instead of faulting in a new one
+    per value, so the caller must be done with a value before it gets the next.
+    """
+
+    PIECE = 4 * 2**20   # ~1% of a 512^2 simulation's 42 MB value: few pieces, all cache-warm
+
+    def __init__(self, reuse: bool = False):
+        self.reuse = reuse
+        self.array = None
+
+    def dump(self, array: np.ndarray, file) -> None:
+        header = f"{array.dtype.str} {' '.join(map(str, array.shape))}".encode()
+        file.write(len(header).to_bytes(2, "little") + header)
+        data = memoryview(np.ascontiguousarray(array)).cast("B")
+        start = 0
+        while start < len(data):
+            left = len(data) - start
+            piece = min(1 << (left.bit_length() - 1), self.PIECE)   # a power of two
+            file.write(data[start:start + piece])
+            start += piece
+
+    def load(self, file) -> np.ndarray:
+        dtype, *shape = file.read(int.from_bytes(file.read(2), "little")).decode().split()
+        shape = tuple(int(n) for n in shape)
+        array = self.array
+        if array is None or array.shape != shape or array.dtype != np.dtype(dtype):
+            array = np.empty(shape, dtype)
+            if self.reuse:
+                self.array = array
+        data = memoryview(array).cast("B")
+        start = 0
+        while start < len(data):
+            piece = file.read(len(data) - start)
+            if not piece:
+                raise EOFError(f"value ended after {start} of {len(data)} bytes")
+            data[start:start + len(piece)] = piece
+            start += len(piece)
+        return array
+
+
+def placement(index: int, num_nodes: int) -> tuple[int, int]:
+    """(node, manager on that node) of simulation `index`: round-robin over both."""
+    return index % num_nodes, (index // num_nodes) % MANAGERS_PER_NODE
+
+
+def ddict_size(num_sims: int, grid_size: int, num_nodes: int) -> tuple[int, int]:
+    """(bytes to ask the DDict for, bytes the busiest node will actually fill)."""
+    value = common.data_bytes(1, grid_size) + VALUE_OVERHEAD
+    per_manager = max(Counter(placement(i, num_nodes) for i in range(num_sims)).values())
+    pool = max(int(per_manager * value * HEADROOM / FULL_AT), MIN_PER_MANAGER)
+    total = pool * MANAGERS_PER_NODE * num_nodes
+    return total, per_manager * value * MANAGERS_PER_NODE
+
+
+def node_memory(args) -> dict[str, float]:
+    """For cli.check_args: what a node holds besides its trainers' float32 copies: its DDict
+    manager's values, and each trainer's one reused read buffer."""
+    _, on_busiest_node = ddict_size(args.num_sims, args.grid_size, args.num_nodes)
+    return {"the DDict": on_busiest_node,
+            "read buffers": args.trainers_per_node * common.data_bytes(1, args.grid_size)}
+
+
+def ddict_timeout_s(nodes: list, processes_per_node: int) -> int:
+    """How long a DDict operation may take before it fails: the base limit, stretched by
+    how many runnable processes (the load now plus the ones this run adds) share each core.
+    A loaded or small node is slow, not broken: 2 cores at load 50 need minutes, not 60 s."""
+    cpus = min(node.num_cpus for node in nodes)
+    busy_per_core = (os.getloadavg()[0] + processes_per_node) / cpus
+    return round(DDICT_TIMEOUT_BASE_S * max(1.0, busy_per_core))
+
+
+class Writer:
+    """Puts simulations' pairs into this node's DDict managers (puts stay node-local)."""
+
+    def __init__(self, d: DDict, num_nodes: int):
+        self._num_nodes = num_nodes
+        self._managers = d.local_managers
+        self._stores = [d.manager(m).pickler(value_pickler=RawPairs()) for m in self._managers]
+
+    def put(self, index: int, pairs: np.ndarray) -> str:
+        """Store one simulation's pairs under its index; returns where they went."""
+        _, slot = placement(index, self._num_nodes)
+        self._stores[slot][index] = pairs
+        return f"DDict manager {self._managers[slot]}"
+
+
+class Reader:
+    """Gets simulations' pairs from whichever manager holds them, into one reused array.
+
+    Two ways, the same bytes: "public" is Dragon's documented get with the RawPairs
+    pickler, which receives every piece as a new bytes object and copies it into the
+    array (two copies); "one-copy" receives each piece straight into the array (one copy),
+    through Dragon 0.15 internals (see the end of this module). PC_DDICT_READ=public
+    forces the first; `path` says which one runs.
+    """
+
+    def __init__(self, d: DDict):
+        self._loader = RawPairs(reuse=True)        # TrainingData.add() copies each value at once
+        self._stores = [d.manager(m).pickler(value_pickler=self._loader)
+                        for m in range(len(d.stats))]
+        for store in self._stores:
+            _ = -1 in store                        # connect to every manager now, not while timed
+        self.path = read_path()
+        self._one_copy = self.path == "one-copy"
+
+    def get(self, sim: common.SimReport) -> np.ndarray:
+        store = self._stores[int(sim.location.split()[-1])]    # written by Writer.put
+        if self._one_copy:
+            return _get_into(store, sim.index, self._loader)
+        return store[sim.index]
+
+
+def read_path() -> str:
+    """Which way Reader gets values here: "one-copy", or "public" (forced or the fallback)."""
+    forced = os.environ.get(READ_PATH_ENV, "") == "public"
+    return "public" if forced or not one_copy_supported() else "one-copy"
+
+
+def describe(d: DDict, requested: int, timeout_s: int) -> dict:
+    """The DDict's facts for the run's record."""
+    managers = d.stats
+    return {"managers": len(managers), "managers_per_node": MANAGERS_PER_NODE,
+            "manager_hosts": [m.hostname for m in managers], "requested_bytes": requested,
+            "pool_bytes": sum(m.total_bytes for m in managers),
+            "used_bytes": sum(m.total_used_bytes for m in managers),
+            "keys": sum(m.num_keys for m in managers),
+            "keys_per_manager": [m.num_keys for m in managers], "timeout_s": timeout_s,
+            "dragon_fixes": dragon_fixes.fixes_record(),
+            "read_path": read_path(),
+            "layout": "one value per simulation, key = index, raw float64 bytes in "
+                      "power-of-two pieces, written to a manager on the simulation's node, "
+                      "frozen before the trainers read"}
+
+
+# The one-copy read (Reader): Dragon's get, as DDict.__getitem__ does it in 0.15, except
+# that the value's pieces are received into the caller's array (FLIRecvH.recv_bytes_into)
+# instead of being handed to the pickler as new bytes objects. Private attributes of the
+# DDict client: only on the versions it was checked on, else the public get runs.
+def one_copy_supported() -> bool:
+    if not dragon_fixes.dragon_version_patched():
+        return False
+    from dragon import fli
+    return hasattr(fli.FLIRecvH, "recv_bytes_into") and all(
+        hasattr(DDict, name) for name in ("_choose_manager_pickle_key", "_tag_inc", "_send",
+                                          "_check_manager_connection"))
+
+
+def _get_into(store: DDict, key, loader: RawPairs) -> np.ndarray:
+    from dragon.data.ddict.ddict import DDictError, DDictKeyError
+    from dragon.dtypes import DragonError
+    from dragon.infrastructure import messages as dmsg
+    manager, pickled_key = store._choose_manager_pickle_key(key)
+    request = dmsg.DDGet(store._tag_inc(), store._client_id, chkptID=store._chkpt_id,
+                         key=pickled_key)
+    store._check_manager_connection(manager)
+    store._send([(request, None)], store._managers[manager], buffered=True)
+    timeout = store._timeout
+    with store._return_connector.recvh(use_main_as_stream_channel=True,
+                                       timeout=timeout) as recvh:
+        while True:                                 # as Dragon does: skip stale replies
+            reply = dmsg.parse(recvh.recv_bytes(timeout=timeout)[0])
+            if reply.ref == request.tag:
+                break
+        if reply.err == DragonError.KEY_NOT_FOUND:
+            raise DDictKeyError(reply.err, "The key was not found", key)
+        if reply.err != DragonError.SUCCESS:
+            raise DDictError(reply.err, reply.errInfo)
+        # a frozen manager on this node lends its own memory: it must not be freed here
+        free = reply.freeMem or manager not in store._local_managers
+        head = recvh.recv_bytes(free_mem=free, timeout=timeout)[0]
+        dtype, *shape = head[2:2 + int.from_bytes(head[:2], "little")].decode().split()
+        shape = tuple(int(n) for n in shape)
+        array = loader.array
+        if array is None or array.shape != shape or array.dtype != np.dtype(dtype):
+            array = loader.array = np.empty(shape, dtype)
+        data = memoryview(array).cast("B")
+        start = 0
+        while start < len(data):                    # the pieces RawPairs.dump wrote
+            left = len(data) - start
+            piece = min(1 << (left.bit_length() - 1), RawPairs.PIECE)
+            recvh.recv_bytes_into(data[start:start + piece], free_mem=free, timeout=timeout)
+            start += piece
+    return array
