@@ -24,8 +24,9 @@ FAIL_ENV = "PC_INJECT_FAILURE"
 
 
 class TaskFailed(RuntimeError):
-    """A simulation or trainer task raised; the message names it and says why, `details`
-    holds the task's own traceback (saved to a file by run_workflow)."""
+    """A simulation or trainer task raised; the message names it and says why. Its cause (a
+    Parsl task's exception), or `details` (a Dragon process's traceback, as text), holds the
+    task's own traceback, which run_workflow saves to a file."""
 
     def __init__(self, message: str, details: str = ""):
         super().__init__(message)
@@ -64,9 +65,8 @@ def results_of(futures: Sequence, kind: str) -> list:
         progress.update(len(futures) - len(pending))
     for number, future in enumerate(futures):
         if future.done() and future.exception() is not None:
-            error = future.exception()      # Parsl re-raised it with the worker's traceback
-            raise TaskFailed(f"{kind} {number} failed: {type(error).__name__}: {error}",
-                             "".join(traceback.format_exception(error))) from error
+            error = future.exception()      # with the worker's traceback: Parsl carries it
+            raise TaskFailed(f"{kind} {number} failed: {type(error).__name__}: {error}") from error
     return [future.result() for future in futures]
 
 

@@ -99,7 +99,7 @@ def interchange_address(interface: str | None = None) -> str | None:
         address = socket.gethostbyname(socket.gethostname())
     except OSError:
         address = None
-    print(f"parsl_config: no network interface {interface!r} on {socket.gethostname()}; "
+    print(f"parsl_setup: no network interface {interface!r} on {socket.gethostname()}; "
           f"managers will connect to {address or 'any address of this host'} "
           "(set PARSL_IFACE to choose the interface)", file=sys.stderr, flush=True)
     return address
