@@ -96,7 +96,11 @@ class Workflow:
     """The runtime's nodes, the DDict, the queues (`shared`) and one process group for a run."""
 
     def __init__(self, args, run_dir: str, cleanup: contextlib.ExitStack):
-        self.nodes = [Node(h) for h in System().nodes]
+        # the head's node first, the others by name: the same placement every run (Dragon
+        # lists the nodes in no fixed order), trainer 0 beside the head
+        here = socket.gethostname()
+        self.nodes = sorted((Node(h) for h in System().nodes),
+                            key=lambda n: (n.hostname not in (here, "localhost"), n.hostname))
         self.hosts = [socket.gethostname() if n.hostname == "localhost" else n.hostname
                       for n in self.nodes]
         self.trainer_policies = trainer_policies([n.hostname for n in self.nodes],

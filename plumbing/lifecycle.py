@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -148,7 +149,8 @@ def _save_traceback(prog: str, error: BaseException) -> str | None:
         os.makedirs(folder, exist_ok=True)
         with open(path, "w") as f:
             if getattr(error, "details", ""):
-                f.write(error.details + "\nreported to the head process:\n")
+                f.write(f"{error.details}\nreported to the head process on "
+                        f"{socket.gethostname()}:\n")
             traceback.print_exception(error, file=f)
     except OSError:
         return None
