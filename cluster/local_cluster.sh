@@ -94,10 +94,14 @@ cmd_up() {
     make_network "$n"
     start_nodes "$n"
     wait_for_ssh "$n"
+    start_agent
 
     trap - EXIT INT TERM HUP
     local hostfile=$STATE/hostfile
     echo "export PBS_NODEFILE=$(quote "$hostfile")"
+    # Dragon's own clean-up after a failed start (dragon-cleanup, over paramiko, which reads
+    # no ssh configuration) reaches the nodes with the key in this agent
+    echo "export SSH_AUTH_SOCK=$(quote "$STATE/agent.sock")"
     echo "export PARSL_IFACE=$(quote "$IFACE")"
     # -t tcp: Dragon's default HSTA transport needs libfabric, which this machine lacks
     echo "export PC_DRAGON_ARGS=$(quote "-t tcp --wlm ssh --hostfile $hostfile --network-prefix ^$IFACE\$")"
@@ -244,6 +248,15 @@ wait_for_ssh() {
         wait "$k" || failed=1
     done
     ((!failed)) || die "not every node answers ssh"
+}
+
+# an ssh-agent with the cluster's key, for clients that read no ssh configuration (paramiko,
+# in Dragon's clean-up); started in node1, it goes when the node does
+start_agent() {
+    nsenter --target "$(node_pid 1)" --mount --uts --ipc --net --pid \
+        ssh-agent -a "$STATE/agent.sock" >/dev/null || die "ssh-agent did not start"
+    SSH_AUTH_SOCK=$STATE/agent.sock ssh-add -q "$STATE/id_ed25519" 2>/dev/null ||
+        die "ssh-add of the cluster's key failed"
 }
 
 ssh_until_up() {

@@ -74,7 +74,8 @@ def relaunch_under_dragon(script: str, argv: list[str], args=None) -> None:
     # on the file system the head shares with this node (Dragon starts it in this directory)
     control = tempfile.mkdtemp(prefix=".pc-dragon-", dir=os.getcwd())
     env = dict(os.environ, **{LAUNCHED_AT_ENV: repr(time.time()), CONTROL_ENV: control},
-               **launch_fixes_env(args.num_nodes if args is not None else None, control))
+               **launch_fixes_env(args.num_nodes if args is not None else None, control),
+               **cleanup_hosts_env(control))
     # Dragon 0.15 leaves its network-configuration cache in each node's /tmp after an ssh
     # launch, under a new random name each run: one fixed name keeps it to one file a node
     env.setdefault(NET_CONF_SALT_ENV, "pc")
@@ -154,6 +155,40 @@ def runtime_startup_s() -> float | None:
     return time.time() - float(launched) if launched else None
 
 
+def launch_options() -> dict:
+    """$PC_DRAGON_ARGS as the `dragon` launcher's own option parser reads them; ValueError
+    with its complaint where it refuses them."""
+    from dragon.launcher import launchargs
+    with contextlib.redirect_stderr(io.StringIO()) as complaint:     # argparse prints usage
+        try:
+            return launchargs.get_args([*launch_args(), "script.py"])
+        except SystemExit:
+            raise ValueError(complaint.getvalue().strip().splitlines()[-1]) from None
+
+
+def cleanup_hosts_env(folder: str) -> dict:
+    """For an ssh launch (`--wlm ssh` with a host file or list): $DRAGON_RUN_NODEFILE, the
+    one place where Dragon's clean-up after a failed start (`dragon-cleanup`, run by the
+    launcher) finds the nodes. Without it, on a machine where Slurm is installed, that
+    clean-up gave up ("detected the WLM slurm but no allocation") and the runtime stayed up
+    on every node. Only for ssh launches: the variable also makes Dragon's launcher prefer
+    its host list to a Slurm or PBS allocation. A host list is written into `folder`."""
+    try:
+        options = launch_options()
+    except ValueError:
+        return {}
+    if str(options.get("wlm")) != "ssh":
+        return {}
+    if options.get("hostfile"):
+        return {"DRAGON_RUN_NODEFILE": os.path.abspath(options["hostfile"])}
+    if options.get("hostlist"):
+        path = os.path.join(folder, "hosts")
+        with open(path, "w") as f:
+            f.write("\n".join(options["hostlist"]) + "\n")
+        return {"DRAGON_RUN_NODEFILE": path}
+    return {}
+
+
 def launch_plan() -> tuple[list[str], int]:
     """The options to start the `dragon` launcher with, and how many nodes its runtime will
     have (inside a runtime: how many it has).
@@ -164,13 +199,8 @@ def launch_plan() -> tuple[list[str], int]:
     options_given = launch_args()
     if in_runtime():
         return options_given, len(System().nodes)
-    from dragon.launcher import launchargs
     from dragon.launcher.util import detect_wlm
-    with contextlib.redirect_stderr(io.StringIO()) as complaint:     # argparse prints usage
-        try:
-            options = launchargs.get_args([*options_given, "script.py"])
-        except SystemExit:
-            raise ValueError(complaint.getvalue().strip().splitlines()[-1]) from None
+    options = launch_options()
     if options.get("single_node_override"):
         return options_given, 1
     hosts = options.get("hostlist") or []
@@ -201,12 +231,10 @@ def runtime_transport() -> str:
     from dragon.infrastructure import facts
     if in_runtime() and os.environ.get(facts.env_name("TRANSPORT_AGENT")):
         return os.environ[facts.env_name("TRANSPORT_AGENT")]
-    from dragon.launcher import launchargs
-    with contextlib.redirect_stderr(io.StringIO()):          # argparse prints usage
-        try:
-            chosen = launchargs.get_args([*launch_args(), "script.py"]).get("transport")
-        except SystemExit:
-            chosen = None
+    try:
+        chosen = launch_options().get("transport")
+    except ValueError:
+        chosen = None
     if chosen is None or chosen is facts.TransportAgentOptions.DRAGON_CONFIG:
         return "hsta" if facts.HSTA_BINARY.is_file() else "tcp"
     return str(chosen)

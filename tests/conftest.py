@@ -200,6 +200,7 @@ def nothing_left(workdir):
 
 CLUSTER_SCRIPT = ROOT / "cluster" / "local_cluster.sh"
 CLUSTER_STATE = ROOT / "cluster" / ".state"
+AGENT = f"ssh-agent -a {CLUSTER_STATE / 'agent.sock'} "    # up starts it in node1 (cmdline)
 
 
 def cluster_unavailable():
@@ -265,14 +266,15 @@ class LocalCluster:
         return json.loads(proc.stdout)
 
     def processes(self, k) -> list:
-        """Command lines of node k's processes, but its sshd (PID 1) and this query."""
+        """Command lines of node k's processes, but the cluster's own (its sshd, PID 1; in
+        node1 the cluster's ssh-agent) and this query."""
         return self._in_node(k, "import json, os\nfound = []\n"
                              "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
                              "    if int(pid) in (1, os.getpid()):\n        continue\n"
                              "    try:\n        with open(f'/proc/{pid}/cmdline', 'rb') as f:\n"
                              "            found.append(f.read().replace(b'\\0', b' ').decode())\n"
                              "    except OSError:\n        pass\n"
-                             "print(json.dumps(found))")
+                             f"print(json.dumps([c for c in found if c != {AGENT!r}]))")
 
     def listing(self, k, directory) -> list:
         """Names in a directory as node k sees it (e.g. its own /tmp or /dev/shm)."""

@@ -17,7 +17,7 @@ from conftest import (CLUSTER_SCRIPT, CLUSTER_STATE, ROOT, TINY, cluster_command
 from test_multinode import installed_or_skip
 
 EXPORTED = {"PBS_NODEFILE", "PARSL_IFACE", "PC_DRAGON_ARGS", "PC_CLUSTER_NODES", "PC_CLUSTER_STATE",
-            "PC_CLUSTER_HOST"}
+            "PC_CLUSTER_HOST", "SSH_AUTH_SOCK"}
 
 
 def _lines(command) -> list:
@@ -92,6 +92,7 @@ def test_up_exports_and_down_leaves_nothing(local_cluster):
     assert exports["PARSL_IFACE"] == "pcc0" and exports["PC_CLUSTER_NODES"] == "3"
     assert exports["PC_DRAGON_ARGS"] == f"-t tcp --wlm ssh --hostfile {hostfile} --network-prefix ^pcc0$"
     assert exports["PC_CLUSTER_STATE"] == str(CLUSTER_STATE)
+    assert exports["SSH_AUTH_SOCK"] == str(CLUSTER_STATE / "agent.sock")
     # while up, the machine's own network namespace has nothing new
     assert host_state()["links"] == before["links"]
     status = cluster_command("status")

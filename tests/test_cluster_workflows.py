@@ -185,3 +185,19 @@ def test_a_task_that_fails_on_another_node_names_its_traceback(two, cluster_work
         [head_host] = re.findall(r"^reported to the head process on (node\d):$", text, re.M)
         assert task_host != head_host, text
     nothing_left_on(two, cluster_workdir)
+
+
+def test_a_runtime_that_fails_to_start_leaves_nothing_on_any_node(two, cluster_workdir):
+    """Dragon's HSTA transport cannot start here (it probes libfabric, which this machine
+    lacks): the launch fails after the runtime's processes are up on both nodes. Dragon's
+    own clean-up then reaches the nodes (the host file, which the launching script hands it
+    as DRAGON_RUN_NODEFILE, and the cluster's ssh-agent): no process and no /dev/shm file is
+    left on any node (before, the runtime ran on, its TCP agents at 60-80% of a core)."""
+    from conftest import TAG
+    env = dict(two.env, PC_DRAGON_ARGS=two.env["PC_DRAGON_ARGS"].replace("-t tcp", "-t hsta"),
+               **{TAG: str(cluster_workdir)})
+    proc = two.run(1, [INTRO], cwd=cluster_workdir, env=env, timeout=300)
+    if proc.returncode == 0:
+        pytest.skip("HSTA started here: there is no failed start to clean up after")
+    assert "Abnormal exit detected" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    nothing_left_on(two, cluster_workdir, seconds=90)

@@ -139,3 +139,23 @@ def test_a_trainer_on_the_cpu_of_a_gpu_node_fails_the_run(workdir):
     assert [t["visible"] for t in record["trainer_gpus"]] in (["0", "1"], ["1", "0"])
     assert all(t["device"] == "cpu" and t["host_gpus"] == 2 for t in record["trainer_gpus"])
     assert "Devices                 : FAILED" in proc.stdout
+
+
+@pytest.mark.parametrize("dragon_args, expected", [
+    ("-t tcp --wlm ssh --hostfile {dir}/nodes.txt", "{dir}/nodes.txt"),
+    ("--wlm ssh --hostlist n1,n2", "n1\nn2\n"),
+    ("-t tcp", None),                       # Slurm or PBS finds its own nodes
+])
+def test_an_ssh_launch_tells_dragons_clean_up_its_nodes(monkeypatch, tmp_path, dragon_args,
+                                                        expected):
+    """dragon_launch.cleanup_hosts_env: the nodes of an ssh launch, for dragon-cleanup after a
+    failed start; nothing for other launches (the variable would override their WLM)."""
+    from plumbing import dragon_launch
+    monkeypatch.setenv("PC_DRAGON_ARGS", dragon_args.format(dir=tmp_path))
+    env = dragon_launch.cleanup_hosts_env(str(tmp_path))
+    if expected is None:
+        assert env == {}
+    elif expected.endswith(".txt"):
+        assert env == {"DRAGON_RUN_NODEFILE": expected.format(dir=tmp_path)}
+    else:
+        assert open(env["DRAGON_RUN_NODEFILE"]).read() == expected
