@@ -13,3 +13,7 @@ dragon_setup      Dragon's placement, processes and queues (8)
 ddict_io          how the pairs sit in the DDict, written and read (8)
 dragon_fixes      where the fixes of DragonHPC 0.15.0 (dragon_site/) apply, and what ran
 """
+import os
+
+# the repository's root: the workers on every node import common.py and plumbing/ from it
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 import runpy
 
+from plumbing import REPOSITORY
+
 DRAGON_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dragon_site")
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # dragon_site/sitecustomize.py's constants, read from the file itself: one copy of each
 _SITE = runpy.run_path(os.path.join(DRAGON_SITE, "sitecustomize.py"), run_name="dragon_site")
 PATCHED_VERSIONS = _SITE["PATCHED_VERSIONS"]    # exact versions the fixes were measured on

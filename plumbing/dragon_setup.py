@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 import traceback
+import types
 from collections import Counter
 
 from dragon.data import DDict
@@ -64,19 +65,12 @@ class Shared:
                                 # others still read: that would slow their gets)
 
 
-class Task:
-    """The name a worker reports failures under; it renames itself as it goes."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-
 @contextlib.contextmanager
 def reporting(shared: Shared, name: str):
     """In a worker process: any exception becomes one 'failed' message naming the task (with
     its traceback, which the head saves to a file), and the DDict is detached on the way
     out. The process is named after the task too, e.g. `pc: trainer 1` in ps and top."""
-    task = Task(name)
+    task = types.SimpleNamespace(name=name)     # the caller renames it as it goes
     with contextlib.suppress(ImportError):
         import setproctitle
         setproctitle.setproctitle(f"pc: {name}")

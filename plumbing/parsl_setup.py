@@ -39,12 +39,12 @@ from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
 from parsl.launchers import SingleNodeLauncher
 from parsl.providers import LocalProvider
 
+from plumbing import REPOSITORY
 from plumbing import hosts as allocation
 from plumbing.parsl_launchers import mpi_flavour, mpi_launcher, srun_launcher, wait_for_blocks
 
 SIMULATORS = "simulators"
 TRAINERS = "trainers"
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_IFACE = "bond0"         # Polaris: the Slingshot bond that other compute nodes reach
 SLURM_DEFAULT_IFACE = "hsn0"    # Perlmutter (and other Slurm HPE/Cray machines): Slingshot
 
