@@ -5,8 +5,11 @@ into a DDict manager on its own node as ONE contiguous value keyed by the simula
 index. The trainers run as Dragon processes too, one per GPU (pinned by a placement
 policy) or on CPU when there are none, and each gets every simulation's value from
 whichever node holds it. Only small reports travel through the head process.
+With --broadcast every value is put into every node's manager instead (Dragon's broadcast
+put), so that every get is from the trainer's own node.
 
     dragon 8_dragon_producer_consumer.py --num_sims 32 --grid_size 512
+    python 8_dragon_producer_consumer.py --num_sims 32 --grid_size 512 --broadcast
     python 8_dragon_producer_consumer.py --num_sims 32 --grid_size 512   (starts Dragon itself)
 
 On Polaris the DDict moves data between nodes by RDMA only after
@@ -28,7 +31,7 @@ def simulator(worker: int, shared: dragon_setup.Shared):
     and puts each one's pairs into the DDict, on its own node."""
     args = shared.args
     with dragon_setup.reporting(shared, f"simulator process {worker}") as task:
-        store = ddict_io.Writer(shared.pairs, shared.num_nodes)
+        store = ddict_io.Writer(shared.pairs, shared.num_nodes, args.broadcast)
         periods = common.wave_periods(args.num_sims)
         shared.reports.put(("ready", "simulator", socket.gethostname()))
         shared.start_signals.get()                  # start-up ends when everyone is ready
@@ -69,6 +72,9 @@ def trainer(rank: int, kernel_size: int, cpu_threads: int, shared: dragon_setup.
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = cli.make_parser(__doc__.splitlines()[0])
+    parser.add_argument("--broadcast", action="store_true",
+                        help="put every value into every node's DDict manager (Dragon's "
+                             "bput): slower puts, every get from the trainer's own node")
     args = dragon_launch.check_args(parser, argv)       # before any runtime exists
     dragon_launch.relaunch_under_dragon(__file__, argv, args)  # returns inside the runtime
     runtime_s = dragon_launch.runtime_startup_s()       # None when started with `dragon`
@@ -80,7 +86,8 @@ def main(argv=None) -> int:
     # DDict and removes the run directory
     with lifecycle.run_directory(args.data_dir, "ddict", args.keep_data) as run_dir, \
             dragon_setup.workflow(args, run_dir) as flow:
-        lifecycle.log(f"{TRANSPORT}: {flow}")
+        transport = TRANSPORT + ("-broadcast" if args.broadcast else "")
+        lifecycle.log(f"{transport}: {flow}")
         shared, workers = flow.shared, flow.num_sim_workers
         for worker in range(workers):
             flow.add(simulator, worker, shared, policy=flow.sim_worker_policy(worker))
@@ -107,12 +114,13 @@ def main(argv=None) -> int:
         for _ in range(workers + args.num_trainers):
             shared.exit_signals.put(True)           # every process may end now
         lifecycle.log(f"{len(trainers)} trainers done in {phases.lap('training'):.2f} s")
-        ddict = ddict_io.describe(shared.pairs, flow.ddict_bytes, flow.ddict_timeout_s)
+        ddict = ddict_io.describe(shared.pairs, flow.ddict_bytes, flow.ddict_timeout_s,
+                                  args.broadcast)
     phases.lap("shutdown")
     if runtime_s:
         phases.seconds["startup"] += runtime_s      # the runtime's start-up is start-up too
     record = records.make_record(
-        args, TRANSPORT, sims, trainers, phases, hosts=flow.hosts, runtime_startup_s=runtime_s,
+        args, transport, sims, trainers, phases, hosts=flow.hosts, runtime_startup_s=runtime_s,
         ddict_create_s=flow.ddict_create_s, ddict_freeze_s=freeze_s, ddict=ddict,
         simulation_processes=workers, kept_run_dir=run_dir if args.keep_data else None)
     return records.finish(record, args.results_file)

@@ -33,7 +33,8 @@
 # sbatch passes the environment it is started in: NUM_SIMS=8 sbatch 9_...):
 #   TRANSPORTS    which workflows, in this order    "filesystem ddict futures proxystore-file",
 #                 and proxystore-redis where redis-server is installed
-#                 (filesystem = 6_parsl_fs, ddict = 8_dragon, futures = 5_parsl_fut,
+#                 (filesystem = 6_parsl_fs, ddict = 8_dragon, ddict-broadcast = 8_dragon
+#                 --broadcast, futures = 5_parsl_fut,
 #                 proxystore-CONNECTOR = 5_parsl_fut --proxystore CONNECTOR: file, redis, zmq)
 #   NODES         node counts to run every transport on, e.g. "1 2" (default: all the nodes of
 #                 the batch job, 1 here). In a batch job they are the first N nodes of it. Here,
@@ -194,7 +195,7 @@ workflow_command() {
         proxystore-file|proxystore-redis|proxystore-zmq) script=5_parsl_fut_producer_consumer.py
             command=(python "$script" --proxystore "${1#proxystore-}") ;;
         filesystem|fs|parsl+filesystem) script=6_parsl_fs_producer_consumer.py; command=(python "$script") ;;
-        ddict|dragon|dragon+ddict)
+        ddict|dragon|dragon+ddict|ddict-broadcast|dragon+ddict-broadcast)
             script=8_dragon_producer_consumer.py
             if [[ $DRAGON_LAUNCH == dragon ]]; then
                 # what `python 8_...` would start: the launcher's options, -N for part of
@@ -204,7 +205,8 @@ workflow_command() {
                          dragon "${dragon_args[@]}" ${nodes:+-N "$nodes"} "$script")
             else
                 command=("$DRAGON_LAUNCH" "$script")
-            fi ;;
+            fi
+            [[ $1 != *broadcast ]] || command+=(--broadcast) ;;
         *) return 1 ;;
     esac
     [[ -n $nodes ]] && command+=(--num_nodes "$nodes")
@@ -215,7 +217,7 @@ workflow_command() {
 for transport in "${transports[@]}"; do
     if ! workflow_command "$transport"; then
         echo "9_submit_multinode.sh: unknown transport '$transport' or its script is missing" \
-             "(use filesystem, ddict, futures, proxystore-file, proxystore-redis, proxystore-zmq)" >&2
+             "(use filesystem, ddict, ddict-broadcast, futures, proxystore-file, proxystore-redis, proxystore-zmq)" >&2
         exit 2
     fi
 done

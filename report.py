@@ -31,12 +31,14 @@ IMPLEMENTATIONS = {
     "parsl+futures": "Parsl + futures",
     "parsl+filesystem": "Parsl + file system",
     "dragon+ddict": "DragonHPC + DDict",
+    "dragon+ddict-broadcast": "DragonHPC + DDict (broadcast)",
     # 5_parsl_fut_producer_consumer.py --proxystore CONNECTOR: the futures, passing proxies
     "parsl+proxystore-redis": "Parsl + ProxyStore (redis)",
     "parsl+proxystore-file": "Parsl + ProxyStore (file)",
     "parsl+proxystore-zmq": "Parsl + ProxyStore (zmq)",
 }
 COLORS = {"parsl+futures": "tab:red", "parsl+filesystem": "tab:blue", "dragon+ddict": "tab:green",
+          "dragon+ddict-broadcast": "tab:cyan",
           "parsl+proxystore-redis": "tab:purple", "parsl+proxystore-file": "tab:brown",
           "parsl+proxystore-zmq": "tab:olive"}
 

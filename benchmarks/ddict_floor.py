@@ -50,11 +50,12 @@ def reader(d, manifest, rounds, go, out, release):
     d.detach()
 
 
-def writer(d, num_sims, grid_size, out):
-    """Put `num_sims` copies of one simulation's pairs into this node's manager."""
+def writer(d, num_sims, grid_size, broadcast, out):
+    """Put `num_sims` copies of one simulation's pairs into this node's manager (with
+    `broadcast`: into every manager)."""
     import time
     pairs = common.simulate(0, 50.0, grid_size, compute_time=0).pairs
-    store = ddict_io.Writer(d, 1)
+    store = ddict_io.Writer(d, 1, broadcast)
     manifest, put_s = [], 0.0
     for index in range(num_sims):
         start = time.perf_counter()
@@ -65,18 +66,19 @@ def writer(d, num_sims, grid_size, out):
     d.detach()
 
 
-def measure(num_sims: int, grid_size: int, readers: int, rounds: int) -> dict:
+def measure(num_sims: int, grid_size: int, readers: int, rounds: int,
+            broadcast: bool = False) -> dict:
     from dragon.native.queue import Queue
     from dragon.native.process import Process
     nodes = [dragon_setup.Node(h) for h in dragon_setup.System().nodes]
     hosts = [node.hostname for node in nodes]
     nbytes = common.data_bytes(1, grid_size)
-    total, _ = ddict_io.ddict_size(num_sims, grid_size, 1)
+    total, _ = ddict_io.ddict_size(num_sims, grid_size, 1, broadcast)
     d = ddict_io.DDict(1, len(nodes), total * len(nodes),
                             timeout=ddict_io.ddict_timeout_s(nodes, readers + 1))
     go, out, release = Queue(), Queue(), Queue()
     try:
-        put = Process(target=writer, args=(d, num_sims, grid_size, out),
+        put = Process(target=writer, args=(d, num_sims, grid_size, broadcast, out),
                       policy=dragon_setup.on(hosts[-1]))
         put.start()
         manifest, put_s = out.get(timeout=600)
@@ -106,7 +108,7 @@ def measure(num_sims: int, grid_size: int, readers: int, rounds: int) -> dict:
     first = [r["get_s"][:num_sims] for r in results]          # each value's first read
     per_reader = [sum(s) for s in first]
     return {"num_sims": num_sims, "grid_size": grid_size, "readers": readers,
-            "value_bytes": nbytes, "path": results[0]["path"],
+            "value_bytes": nbytes, "path": results[0]["path"], "broadcast": broadcast,
             "reader_host": hosts[0], "manager_host": hosts[-1],
             "put_mean_s": put_s / num_sims,
             "get_median_s": statistics.median(x for s in first for x in s),
@@ -126,13 +128,18 @@ def main(argv=None) -> int:
     parser.add_argument("--readers", default="1", help="reader counts, comma-separated")
     parser.add_argument("--rounds", type=int, default=2, help="reads of every value per reader")
     parser.add_argument("--json", help="append one JSON line per measurement here")
+    parser.add_argument("--broadcast", action="store_true",
+                        help="put every value into every manager (Dragon's bput); the "
+                             "readers then get it from their own node's manager")
     args = parser.parse_args(argv)
     dragon_launch.relaunch_under_dragon(__file__, sys.argv[1:] if argv is None else argv)
     dragon_launch.init_head()
     for readers in map(int, args.readers.split(",")):
-        result = measure(args.num_sims, args.grid_size, readers, args.rounds)
+        result = measure(args.num_sims, args.grid_size, readers, args.rounds, args.broadcast)
         where = ("" if result["reader_host"] == result["manager_host"] else
                  f" on {result['reader_host']} from {result['manager_host']}")
+        if args.broadcast:
+            where += f", broadcast put from {result['manager_host']} to every node"
         print(f"floor: {args.num_sims} x {result['value_bytes'] / 1e6:.3f} MB, {readers} "
               f"reader(s){where}, {result['path']} path: get median {result['get_median_s'] * 1e3:.2f} ms, "
               f"{result['read_gbps_per_reader']:.3f} GB/s per reader (first read), "

@@ -37,6 +37,27 @@ die() { say "$*"; exit 1; }
 
 node_ns() { echo "$TAG-node$1"; }
 
+# Dragon reads which fabric HSTA uses from dragon-config.json in its package's .hsta-config
+# folder (`dragon-config add --tcp-runtime` writes it there, for every run of the
+# environment). The nodes see instead the cluster's own copy, bound over that folder in
+# their mount namespaces: HSTA's TCP back end on this cluster only (libfabric's providers
+# here do not work with HSTA), and nothing changes outside the nodes but an empty folder,
+# made if the environment had none and removed by down.
+hsta_config() {
+    local python=$REPO/.venv/bin/python dragon
+    [[ -x $python ]] || python=python3
+    dragon=$("$python" -I -c 'import importlib.util as u, os; s = u.find_spec("dragon")
+print(os.path.dirname(s.origin) if s and s.origin else "")' 2>/dev/null) || dragon=
+    [[ -n $dragon ]] || return 0            # no Dragon: nothing to configure
+    mkdir "$STATE/hsta-config"
+    echo '{"tcp_runtime": true}' >"$STATE/hsta-config/dragon-config.json"
+    if [[ ! -d $dragon/.hsta-config ]]; then
+        mkdir "$dragon/.hsta-config"
+        echo "$dragon/.hsta-config" >"$STATE/hsta_config_made"
+    fi
+    echo "$dragon/.hsta-config" >"$STATE/hsta_config_dir"
+}
+
 # the single-quoted form of $1, for the `export` lines that `eval` reads
 quote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 
@@ -91,6 +112,7 @@ cmd_up() {
     fi >"$STATE/run_netns"
 
     make_files "$n"
+    hsta_config
     make_network "$n"
     start_nodes "$n"
     wait_for_ssh "$n"
@@ -103,8 +125,9 @@ cmd_up() {
     # no ssh configuration) reaches the nodes with the key in this agent
     echo "export SSH_AUTH_SOCK=$(quote "$STATE/agent.sock")"
     echo "export PARSL_IFACE=$(quote "$IFACE")"
-    # -t tcp: Dragon's default HSTA transport needs libfabric, which this machine lacks
-    echo "export PC_DRAGON_ARGS=$(quote "-t tcp --wlm ssh --hostfile $hostfile --network-prefix ^$IFACE\$")"
+    # HSTA, Dragon's default transport agent, over its TCP back end (hsta_config); `-t tcp`
+    # instead gives Dragon's Python TCP agents (docs/local_cluster.md)
+    echo "export PC_DRAGON_ARGS=$(quote "-t hsta --wlm ssh --hostfile $hostfile --network-prefix ^$IFACE\$")"
     echo "export PC_CLUSTER_NODES=$(quote "$n")"
     echo "export PC_CLUSTER_STATE=$(quote "$STATE")"
     # records made on these nodes say that they share this one machine's cores and memory
@@ -312,6 +335,9 @@ node_main() {
         chmod 0640 /run/shadow
         mount --bind /run/shadow /etc/shadow
     fi
+    if [[ -s $STATE/hsta_config_dir ]]; then
+        mount --bind "$STATE/hsta-config" "$(cat "$STATE/hsta_config_dir")"
+    fi
     echo "node$k" >/proc/sys/kernel/hostname
     echo "$pid" >"$dir/pid"                 # `up` waits for this file
     # the absolute path: sshd re-executes itself for every connection
@@ -388,6 +414,10 @@ cmd_down() {
         ip netns delete "$ns"
     done
     restore_run_netns
+    # the empty folder hsta_config made in Dragon's package, if still empty
+    local made
+    made=$(cat "$STATE/hsta_config_made" 2>/dev/null) || made=
+    if [[ -n $made ]]; then rmdir "$made" 2>/dev/null || true; fi
     if [[ -e $STATE ]]; then found=1; fi
     rm -rf "$STATE"
     if ((found)); then say "cluster down"; else say "no cluster was up"; fi

@@ -82,10 +82,13 @@ def placement(index: int, num_nodes: int) -> tuple[int, int]:
     return index % num_nodes, (index // num_nodes) % MANAGERS_PER_NODE
 
 
-def ddict_size(num_sims: int, grid_size: int, num_nodes: int) -> tuple[int, int]:
-    """(bytes to ask the DDict for, bytes the busiest node will actually fill)."""
+def ddict_size(num_sims: int, grid_size: int, num_nodes: int,
+               broadcast: bool = False) -> tuple[int, int]:
+    """(bytes to ask the DDict for, bytes the busiest node will actually fill); with
+    `broadcast`, every manager holds every value (Writer)."""
     value = common.data_bytes(1, grid_size) + VALUE_OVERHEAD
-    per_manager = max(Counter(placement(i, num_nodes) for i in range(num_sims)).values())
+    per_manager = num_sims if broadcast else max(
+        Counter(placement(i, num_nodes) for i in range(num_sims)).values())
     pool = max(int(per_manager * value * HEADROOM / FULL_AT), MIN_PER_MANAGER)
     total = pool * MANAGERS_PER_NODE * num_nodes
     return total, per_manager * value * MANAGERS_PER_NODE
@@ -94,7 +97,8 @@ def ddict_size(num_sims: int, grid_size: int, num_nodes: int) -> tuple[int, int]
 def node_memory(args) -> dict[str, float]:
     """For cli.check_args: what a node holds besides its trainers' float32 copies: its DDict
     manager's values, and each trainer's one reused read buffer."""
-    _, on_busiest_node = ddict_size(args.num_sims, args.grid_size, args.num_nodes)
+    _, on_busiest_node = ddict_size(args.num_sims, args.grid_size, args.num_nodes,
+                                    args.broadcast)
     return {"the DDict": on_busiest_node,
             "read buffers": args.trainers_per_node * common.data_bytes(1, args.grid_size)}
 
@@ -108,16 +112,25 @@ def ddict_timeout_s(nodes: list, processes_per_node: int) -> int:
     return round(DDICT_TIMEOUT_BASE_S * max(1.0, busy_per_core))
 
 
-class Writer:
-    """Puts simulations' pairs into this node's DDict managers (puts stay node-local)."""
+EVERYWHERE = "every DDict manager"
 
-    def __init__(self, d: DDict, num_nodes: int):
+
+class Writer:
+    """Puts simulations' pairs into this node's DDict managers (puts stay node-local), or,
+    with `broadcast`, into every manager (Dragon's bput: the managers pass the value on
+    in a tree), so that every reader finds every value on its own node."""
+
+    def __init__(self, d: DDict, num_nodes: int, broadcast: bool = False):
         self._num_nodes = num_nodes
         self._managers = d.local_managers
         self._stores = [d.manager(m).pickler(value_pickler=RawPairs()) for m in self._managers]
+        self._everywhere = d.pickler(value_pickler=RawPairs()) if broadcast else None
 
     def put(self, index: int, pairs: np.ndarray) -> str:
         """Store one simulation's pairs under its index; returns where they went."""
+        if self._everywhere is not None:
+            self._everywhere.bput(index, pairs)
+            return EVERYWHERE
         _, slot = placement(index, self._num_nodes)
         self._stores[slot][index] = pairs
         return f"DDict manager {self._managers[slot]}"
@@ -141,9 +154,12 @@ class Reader:
             _ = -1 in store                        # connect to every manager now, not while timed
         self.path = read_path()
         self._one_copy = self.path == "one-copy"
+        self._nearest = d.local_managers[0] if d.local_managers else 0
 
     def get(self, sim: common.SimReport) -> np.ndarray:
-        store = self._stores[int(sim.location.split()[-1])]    # written by Writer.put
+        # where Writer.put said it went; a broadcast value from this node's manager
+        where = self._nearest if sim.location == EVERYWHERE else int(sim.location.split()[-1])
+        store = self._stores[where]
         if self._one_copy:
             return _get_into(store, sim.index, self._loader)
         return store[sim.index]
@@ -155,10 +171,23 @@ def read_path() -> str:
     return "public" if forced or not one_copy_supported() else "one-copy"
 
 
-def describe(d: DDict, requested: int, timeout_s: int) -> dict:
+def transport_agent(hosts: list[str]) -> dict:
+    """Which agent moved values between this runtime's nodes, as it was launched ("hsta" or
+    "tcp"; None on one node, where there is none) and, for HSTA, its fabric back end as
+    Dragon's configuration on this node names it ("tcp" on the local cluster; None: HSTA
+    probes libfabric)."""
+    from dragon.transport.util import get_fabric_backend
+    from plumbing import dragon_launch      # here: dragon_launch imports this module
+    agent = dragon_launch.runtime_transport() if len(set(hosts)) > 1 else None
+    return {"transport_agent": agent,
+            "hsta_backend": get_fabric_backend()[0] if agent == "hsta" else None}
+
+
+def describe(d: DDict, requested: int, timeout_s: int, broadcast: bool) -> dict:
     """The DDict's facts for the run's record."""
     managers = d.stats
-    return {"managers": len(managers), "managers_per_node": MANAGERS_PER_NODE,
+    return {**transport_agent([m.hostname for m in managers]),
+            "managers": len(managers), "managers_per_node": MANAGERS_PER_NODE,
             "manager_hosts": [m.hostname for m in managers], "requested_bytes": requested,
             "pool_bytes": sum(m.total_bytes for m in managers),
             "used_bytes": sum(m.total_used_bytes for m in managers),
@@ -166,9 +195,12 @@ def describe(d: DDict, requested: int, timeout_s: int) -> dict:
             "keys_per_manager": [m.num_keys for m in managers], "timeout_s": timeout_s,
             "dragon_fixes": dragon_fixes.fixes_record(),
             "read_path": read_path(),
+            "broadcast": broadcast,
             "layout": "one value per simulation, key = index, raw float64 bytes in "
-                      "power-of-two pieces, written to a manager on the simulation's node, "
-                      "frozen before the trainers read"}
+                      "power-of-two pieces, written to "
+                      + ("every manager (bput), read from the trainer's own node's"
+                         if broadcast else "a manager on the simulation's node")
+                      + ", frozen before the trainers read"}
 
 
 # The one-copy read (Reader): Dragon's get, as DDict.__getitem__ does it in 0.15, except

@@ -4,10 +4,10 @@ file) decides for every Dragon internal this project touches.
 
 PC_DRAGON_FIXES  auto (default) | on | off. "auto" decides once, where `dragon` is
                  started: on when the runtime's nodes talk through the TCP transport
-                 agents (`-t tcp` in PC_DRAGON_ARGS, or no HSTA binary), or when it is one
-                 node with at most FEW_CORES (8) cores; off otherwise, so off under HSTA
-                 (e.g. Polaris) and on one big node. "on"/"off" force it. Anything else is
-                 refused before the runtime starts. The record's ddict.dragon_fixes says
+                 agents (`-t tcp` in PC_DRAGON_ARGS, or no HSTA binary), or when its
+                 nodes have at most FEW_CORES (8) cores each; off otherwise, so off under
+                 HSTA on big nodes (e.g. Polaris) and on one big node. "on"/"off" force
+                 it. Anything else is refused before the runtime starts. The record's ddict.dragon_fixes says
                  what ran; docs/dragon.md has the numbers behind the rule.
 """
 from __future__ import annotations
@@ -48,15 +48,19 @@ def fixes_rule(setting: str, transport: str | None, nodes: int, cores: int) -> t
     The fixes stop Dragon 0.15.0's spinning (TCP agents 40-70% of a core each, idle; a
     DDict's orchestrator a whole core) but make every Queue wait that has idled past ~30 ms
     see its message up to 20 ms late, in Dragon's own control plane too. So: on with the
-    TCP agents; off under HSTA (it has no such agent, and its Python wrapper's queues are
-    patched too); on one node, on when the spinning is a large share of its cores."""
+    TCP agents; under HSTA (whose idling the fixes calm too) and on one node, on when the
+    spinning is a large share of a node's cores."""
     if setting != "auto":
         return setting == "on", f"{FIXES_ENV}={setting}"
     if nodes > 1 and transport == "tcp":
         return True, f"auto: {nodes} nodes over the TCP transport agents, which spin without them"
+    if nodes > 1 and cores <= FEW_CORES:
+        return True, (f"auto: {nodes} nodes over {transport}, {cores} cores a node (at most "
+                      f"{FEW_CORES}): the overlay's TCP agents and HSTA's idling would take "
+                      f"a large share of them")
     if nodes > 1:
-        return False, (f"auto: {nodes} nodes over {transport}: no TCP agents to calm, and "
-                       f"Dragon's control plane keeps its own waits")
+        return False, (f"auto: {nodes} nodes over {transport}, {cores} cores a node (more than "
+                       f"{FEW_CORES}): the overlay's TCP agent and HSTA's idling cost little there")
     if cores <= FEW_CORES:
         return True, (f"auto: one node of {cores} cores (at most {FEW_CORES}): Dragon's "
                       f"spinning would take a large share of them")

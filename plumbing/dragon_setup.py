@@ -111,7 +111,7 @@ class Workflow:
             cleanup.callback(q.destroy)
         start = time.perf_counter()
         self.ddict_bytes = int(os.environ.get(ddict_io.DDICT_BYTES_ENV) or ddict_io.ddict_size(
-            args.num_sims, args.grid_size, len(self.nodes))[0])
+            args.num_sims, args.grid_size, len(self.nodes), args.broadcast)[0])
         self.ddict_timeout_s = ddict_io.ddict_timeout_s(
             self.nodes, self.sims_per_node + max(trainers_on.values()) + ddict_io.MANAGERS_PER_NODE)
         with _deadline(self.ddict_timeout_s, "the DDict's orchestrator never answered"):

@@ -45,6 +45,11 @@ IO_INCLUDES = {
         "sim_io": "the put of the simulation's one value into the DDict manager on its node",
         "train_io": "the get of every value from whichever node holds it (the DDict is "
                     "frozen first)"},
+    "dragon+ddict-broadcast": {
+        "sim_io": "the broadcast put (bput) of the simulation's one value into every node's "
+                  "DDict manager, until every manager has it",
+        "train_io": "the get of every value from the trainer's own node's manager (the DDict "
+                    "is frozen first)"},
     **{f"parsl+proxystore-{name}": dict(
         _BY_VALUE,
         sim_io="per simulation, time.time() from the end of its compute in the worker to the "

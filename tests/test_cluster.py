@@ -1,7 +1,9 @@
 """cluster/local_cluster.sh, for real: Linux namespaces as nodes, sshd in each, the workflows
 across them. Skipped where namespaces cannot be made (not root, or unshare refused)."""
+import importlib.util
 import json
 import os
+import pathlib
 import pty
 import shutil
 import signal
@@ -47,7 +49,14 @@ def host_state() -> dict:
             "run_netns": (os.path.isdir("/run/netns"), os.path.ismount("/run/netns")),
             "run_sshd": os.path.exists("/run/sshd"),
             "home_ssh": os.path.exists(os.path.expanduser("~/.ssh")),
-            "state": CLUSTER_STATE.exists()}
+            "state": CLUSTER_STATE.exists(),
+            "dragon_config": _dragon_config()}
+
+
+def _dragon_config():
+    """Dragon's configuration folder as the machine sees it (None: there is none)."""
+    folder = pathlib.Path(importlib.util.find_spec("dragon").origin).parent / ".hsta-config"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else None
 
 
 def assert_same(before: dict, after: dict):
@@ -90,7 +99,12 @@ def test_up_exports_and_down_leaves_nothing(local_cluster):
     hostfile = exports["PBS_NODEFILE"]
     assert open(hostfile).read() == "node1\nnode2\nnode3\n"
     assert exports["PARSL_IFACE"] == "pcc0" and exports["PC_CLUSTER_NODES"] == "3"
-    assert exports["PC_DRAGON_ARGS"] == f"-t tcp --wlm ssh --hostfile {hostfile} --network-prefix ^pcc0$"
+    assert exports["PC_DRAGON_ARGS"] == f"-t hsta --wlm ssh --hostfile {hostfile} --network-prefix ^pcc0$"
+    # the nodes see the cluster's Dragon configuration (HSTA over TCP); the machine does not
+    config = pathlib.Path(importlib.util.find_spec("dragon").origin).parent / ".hsta-config"
+    seen = cluster_command("run", 2, "cat", str(config / "dragon-config.json"))
+    assert seen.returncode == 0 and json.loads(seen.stdout) == {"tcp_runtime": True}, seen
+    assert host_state()["dragon_config"] in (before["dragon_config"], [])
     assert exports["PC_CLUSTER_STATE"] == str(CLUSTER_STATE)
     assert exports["SSH_AUTH_SOCK"] == str(CLUSTER_STATE / "agent.sock")
     # while up, the machine's own network namespace has nothing new

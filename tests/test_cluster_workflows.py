@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import CLUSTER_SCRIPT, ROOT, TINY, leftover_processes, read_records
+from conftest import CLUSTER_SCRIPT, CLUSTER_STATE, ROOT, TINY, leftover_processes, read_records
 from test_reliability import wait_for_line
 
 INTRO = "7_dragon_ddict.py"
@@ -57,7 +57,7 @@ def test_ddict_introduction_puts_on_one_node_and_gets_on_the_other(two, cluster_
     nothing_left_on(two, cluster_workdir)
 
 
-def check_two_node_record(record, nodes, trainers_per_node):
+def check_two_node_record(record, nodes, trainers_per_node, broadcast=False):
     """What a DDict run over every node of the cluster must show."""
     assert record["integrity_ok"] is True and record["num_nodes"] == 2
     assert sorted(record["hosts"]) == nodes
@@ -67,19 +67,25 @@ def check_two_node_record(record, nodes, trainers_per_node):
     ddict = record["ddict"]
     assert ddict["managers"] == 2 and sorted(ddict["manager_hosts"]) == nodes
     # one value per simulation, half on each node: every trainer gets half of what it
-    # reads from the other node
-    assert ddict["keys_per_manager"] == [record["num_sims"] // 2] * 2
-    fixes = ddict["dragon_fixes"]        # PC_DRAGON_FIXES=auto: on with the TCP agents
+    # reads from the other node; broadcast: every value on both
+    assert ddict["keys_per_manager"] == [record["num_sims"] // (1 if broadcast else 2)] * 2
+    assert ddict["broadcast"] is broadcast
+    assert record["transport"] == "dragon+ddict" + ("-broadcast" if broadcast else "")
+    # HSTA, over the TCP back end the cluster configured in its nodes
+    assert (ddict["transport_agent"], ddict["hsta_backend"]) == ("hsta", "tcp"), ddict
+    fixes = ddict["dragon_fixes"]        # PC_DRAGON_FIXES=auto: on, nodes of 2 cores
     assert fixes["queue_poll_waits"] is True and fixes["agents_fixed"] is True
     assert fixes["queue_get_sleeps"] is True
 
 
-@pytest.mark.parametrize("launch", ["python", "dragon"])
+@pytest.mark.parametrize("launch", ["python", "dragon", "broadcast"])
 def test_ddict_workflow_uses_every_node(two, cluster_workdir, launch):
-    """2 trainers on 2 nodes: 1 per node; simulations on both; one manager per node."""
-    args = run_args(cluster_workdir, "--num_sims", 8, "--num_trainers", 2)
+    """2 trainers on 2 nodes: 1 per node; simulations on both; one manager per node. With
+    --broadcast (started as with `python`) every value on both managers."""
+    args = run_args(cluster_workdir, "--num_sims", 8, "--num_trainers", 2,
+                    *(["--broadcast"] if launch == "broadcast" else []))
     env = None
-    if launch == "python":          # the script starts Dragon itself, with $PC_DRAGON_ARGS
+    if launch != "dragon":          # the script starts Dragon itself, with $PC_DRAGON_ARGS
         argv = [DDICT, *args]
     else:                           # as a user types it; dragon_site/ brings the 0.15 fix
         argv = ["dragon", *two.exports["PC_DRAGON_ARGS"].split(), str(ROOT / DDICT), *args]
@@ -92,7 +98,8 @@ def test_ddict_workflow_uses_every_node(two, cluster_workdir, launch):
     [record] = read_records(cluster_workdir / "r.jsonl")
     print(f"8 ({launch}) on 2 nodes: {wall_s:.1f} s wall, start-up {record['startup_s']:.1f} s "
           f"(DDict {record['ddict_create_s']:.1f} s)")
-    check_two_node_record(record, two.nodes, trainers_per_node=1)
+    check_two_node_record(record, two.nodes, trainers_per_node=1,
+                          broadcast=launch == "broadcast")
     assert (record["runtime_startup_s"] is None) == (launch == "dragon")
     assert os.listdir(cluster_workdir / "data") == []
     nothing_left_on(two, cluster_workdir)
@@ -188,16 +195,21 @@ def test_a_task_that_fails_on_another_node_names_its_traceback(two, cluster_work
 
 
 def test_a_runtime_that_fails_to_start_leaves_nothing_on_any_node(two, cluster_workdir):
-    """Dragon's HSTA transport cannot start here (it probes libfabric, which this machine
-    lacks): the launch fails after the runtime's processes are up on both nodes. Dragon's
-    own clean-up then reaches the nodes (the host file, which the launching script hands it
-    as DRAGON_RUN_NODEFILE, and the cluster's ssh-agent): no process and no /dev/shm file is
+    """node2 loses the cluster's Dragon configuration (as a node set up differently from
+    the others would): its HSTA probes libfabric, which this machine lacks, and the launch
+    fails after the runtime's processes are up on both nodes. Dragon's own clean-up then
+    reaches the nodes (the host file, which the launching script hands it as
+    DRAGON_RUN_NODEFILE, and the cluster's ssh-agent): no process and no /dev/shm file is
     left on any node (before, the runtime ran on, its TCP agents at 60-80% of a core)."""
     from conftest import TAG
-    env = dict(two.env, PC_DRAGON_ARGS=two.env["PC_DRAGON_ARGS"].replace("-t tcp", "-t hsta"),
-               **{TAG: str(cluster_workdir)})
-    proc = two.run(1, [INTRO], cwd=cluster_workdir, env=env, timeout=300)
-    if proc.returncode == 0:
-        pytest.skip("HSTA started here: there is no failed start to clean up after")
+    config = (CLUSTER_STATE / "hsta_config_dir").read_text().strip()
+    assert two.run(2, ["umount", config], cwd=ROOT).returncode == 0
+    try:
+        proc = two.run(1, [INTRO], cwd=cluster_workdir, timeout=300,
+                       env=dict(two.env, **{TAG: str(cluster_workdir)}))
+    finally:
+        assert two.run(2, ["mount", "--bind", str(CLUSTER_STATE / "hsta-config"), config],
+                       cwd=ROOT).returncode == 0
+    assert proc.returncode != 0, proc.stdout + proc.stderr
     assert "Abnormal exit detected" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     nothing_left_on(two, cluster_workdir, seconds=90)

@@ -3,6 +3,7 @@ decided once where `dragon` starts), the switch that forces them on or off, the 
 version guard, and real single-node runtimes whose heads say which fixes ran."""
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import types
@@ -23,13 +24,14 @@ SITE = dragon_fixes._SITE           # dragon_site/sitecustomize.py, as plumbing/
     ("tcp", 2, 2, True),            # the local cluster: TCP agents on 2 cores
     ("tcp", 4, 64, True),           # TCP agents spin whatever the cores
     ("hsta", 2, 64, False),         # Polaris: HSTA between nodes of many cores
-    ("hsta", 2, 2, False),          # HSTA: off, also on small nodes
+    ("hsta", 2, 2, True),           # the local cluster under HSTA: few cores
+    ("hsta", 2, dragon_fixes.FEW_CORES + 1, False),
     ("hsta", 1, 2, True),           # one node of few cores (this machine)
     ("hsta", 1, dragon_fixes.FEW_CORES, True),
     ("hsta", 1, dragon_fixes.FEW_CORES + 1, False),
     ("tcp", 1, 64, False),          # one node has no transport agent: cores decide
 ])
-def test_auto_rule_tcp_agents_or_few_cores_never_hsta(transport, nodes, cores, on):
+def test_auto_rule_tcp_agents_or_few_cores(transport, nodes, cores, on):
     decided, why = dragon_fixes.fixes_rule("auto", transport, nodes, cores)
     assert decided is on
     assert why.startswith("auto: ") and "\n" not in why
@@ -80,8 +82,8 @@ def test_launch_with_tcp_agents_puts_dragon_site_on_pythonpath(launching):
     assert env["PC_DRAGON_FIXES_RULE"].startswith("on: auto: 2 nodes over the TCP")
 
 
-def test_launch_under_hsta_leaves_dragon_site_out(launching, monkeypatch):
-    launching("--hostlist node1,node2", cores=2)
+def test_launch_under_hsta_on_big_nodes_leaves_dragon_site_out(launching, monkeypatch):
+    launching("--hostlist node1,node2", cores=64)
     monkeypatch.setenv("PYTHONPATH", dragon_fixes.DRAGON_SITE)     # even if a user put it there
     from dragon.infrastructure import facts
     if not facts.HSTA_BINARY.is_file():
@@ -177,6 +179,29 @@ def test_only_the_exact_version_is_patched(monkeypatch, version, patched):
     assert dragon_fixes.dragon_version_patched() is patched
     if not patched:     # the one-copy read, a private-API path, is guarded the same way
         assert ddict_io.one_copy_supported() is False
+
+
+def test_hsta_starts_with_the_timer_slack_and_its_starter_keeps_its_own(monkeypatch):
+    """The wrapper's start of HSTA, wrapped: the real child it starts sleeps with 1 ms of
+    timer slack (Linux's, read back from /proc), the starting thread is as it was."""
+    mine = int(pathlib.Path("/proc/self/timerslack_ns").read_text())
+
+    def start_hsta_job():                 # HSTA's wrapper starts the binary, like this
+        return subprocess.run(["cat", "/proc/self/timerslack_ns"], capture_output=True,
+                              text=True, check=True).stdout
+    hsta_module = types.SimpleNamespace(start_hsta_job=start_hsta_job)
+    assert SITE["calm_hsta"](hsta_module) is True
+    assert int(hsta_module.start_hsta_job()) == SITE["HSTA_TIMER_SLACK_NS"] == 1_000_000
+    assert int(pathlib.Path("/proc/self/timerslack_ns").read_text()) == mine
+    monkeypatch.setattr(metadata, "version", lambda name: "0.16.0")
+    other = types.SimpleNamespace(start_hsta_job=start_hsta_job)
+    assert SITE["calm_hsta"](other) is False and other.start_hsta_job is start_hsta_job
+
+
+def test_the_hsta_fix_names_the_function_dragon_0_15_0_has():
+    from dragon.transport.hsta import __main__ as hsta_main
+    assert callable(hsta_main.start_hsta_job)
+    assert SITE["HSTA_MODULE"] == hsta_main.__name__
 
 
 def sitecustomize_installs(**env) -> bool:

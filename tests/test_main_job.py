@@ -10,6 +10,7 @@ import time
 import pytest
 
 from conftest import ROOT, leftover_processes, read_records, run_script, script_env
+from plumbing import dragon_fixes     # conftest puts the repository on sys.path
 
 JOB = "9_submit_multinode.sh"
 SCRIPTS = {"parsl+futures": "5_parsl_fut_producer_consumer.py",
@@ -175,6 +176,16 @@ def test_under_pbs_it_sizes_the_job_for_the_allocation(tmp_path):
     assert not (ROOT / "results" / "4242").exists()
 
 
+def test_ddict_broadcast_is_script_8_with_broadcast(tmp_path):
+    env = job_env(tmp_path, DRY_RUN="1", TRANSPORTS="ddict ddict-broadcast", GRID_SIZES="16")
+    proc = run_script(["bash", ROOT / JOB], cwd=tmp_path, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    runs = [line.split(" --num_sims")[0] for line in proc.stdout.splitlines()
+            if line.startswith("would run:")]
+    assert runs == ["would run: python 8_dragon_producer_consumer.py",
+                    "would run: python 8_dragon_producer_consumer.py --broadcast"], runs
+
+
 @pytest.mark.parametrize("nodes", ["1 2", ""])
 def test_under_pbs_nodes_picks_part_of_the_allocation(tmp_path, nodes):
     """NODES="1 2" in a (pretend) two-node batch job: every run on its first 1, then 2 nodes;
@@ -200,8 +211,12 @@ def test_under_pbs_nodes_picks_part_of_the_allocation(tmp_path, nodes):
         proc = run_script(["bash", ROOT / JOB], cwd=tmp_path,
                           env=dict(env, DRAGON_LAUNCH="dragon"), timeout=60)
         [run] = [line for line in proc.stdout.splitlines() if "-N 2 8_dragon" in line]
-        # 2 nodes under HSTA (no PC_DRAGON_ARGS): PC_DRAGON_FIXES's rule leaves dragon_site out
-        assert run.startswith(f"would run: env PYTHONPATH={ROOT}") and "dragon_site" not in run
+        # 2 nodes under HSTA (no PC_DRAGON_ARGS): PC_DRAGON_FIXES's rule puts dragon_site
+        # first where the nodes (as this one) have few cores, and leaves it out elsewhere
+        few_cores = len(os.sched_getaffinity(0)) <= dragon_fixes.FEW_CORES
+        assert run.startswith("would run: env PYTHONPATH=")
+        assert run.startswith(f"would run: env PYTHONPATH={dragon_fixes.DRAGON_SITE}:{ROOT}"
+                              if few_cores else f"would run: env PYTHONPATH={ROOT}"), run
         assert " dragon -N 2 8_dragon_producer_consumer.py --num_nodes 2 " in run
     too_many = run_script(["bash", ROOT / JOB], cwd=tmp_path, env=dict(env, NODES="1 3"), timeout=60)
     assert too_many.returncode == 2

@@ -68,8 +68,8 @@ class Slurm:
 
     def job_env(self, workdir, **settings) -> dict:
         # PC_DRAGON_ARGS of the local cluster names an ssh launch; under Slurm Dragon finds
-        # the allocation itself and needs only the transport (no libfabric here) and network
-        env = dict(self.env, PC_DRAGON_ARGS="-t tcp --network-prefix ^pcc0$",
+        # the allocation itself and needs only the transport (HSTA over TCP, as up set it) and network
+        env = dict(self.env, PC_DRAGON_ARGS="-t hsta --network-prefix ^pcc0$",
                    **{TAG: str(workdir)})
         env.update(settings)
         return env
