@@ -335,8 +335,11 @@ node_main() {
         chmod 0640 /run/shadow
         mount --bind /run/shadow /etc/shadow
     fi
-    if [[ -s $STATE/hsta_config_dir ]]; then
-        mount --bind "$STATE/hsta-config" "$(cat "$STATE/hsta_config_dir")"
+    # after private_tmpfs: a repository under /tmp is visible again only from here on
+    local config
+    config=$(cat "$STATE/hsta_config_dir" 2>/dev/null) || config=
+    if [[ -n $config && -d $config ]]; then
+        mount --bind "$STATE/hsta-config" "$config"
     fi
     echo "node$k" >/proc/sys/kernel/hostname
     echo "$pid" >"$dir/pid"                 # `up` waits for this file

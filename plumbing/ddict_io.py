@@ -98,7 +98,7 @@ def node_memory(args) -> dict[str, float]:
     """For cli.check_args: what a node holds besides its trainers' float32 copies: its DDict
     manager's values, and each trainer's one reused read buffer."""
     _, on_busiest_node = ddict_size(args.num_sims, args.grid_size, args.num_nodes,
-                                    args.broadcast)
+                                    getattr(args, "broadcast", False))
     return {"the DDict": on_busiest_node,
             "read buffers": args.trainers_per_node * common.data_bytes(1, args.grid_size)}
 

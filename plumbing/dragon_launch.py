@@ -322,7 +322,7 @@ def _more_checks(parser, args) -> None:
         parser.error(f"{ddict_io.DDICT_BYTES_ENV}={fixed!r}: give the DDict's size in bytes, "
                      f"at least {ddict_io.MIN_PER_MANAGER}")
     _, on_busiest_node = ddict_io.ddict_size(args.num_sims, args.grid_size, args.num_nodes,
-                                             args.broadcast)
+                                             getattr(args, "broadcast", False))
     shm_free = shutil.disk_usage("/dev/shm").free
     if on_busiest_node > shm_free:
         parser.error(f"arguments --num_sims/--grid_size: the DDict needs "
