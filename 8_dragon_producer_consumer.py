@@ -100,19 +100,16 @@ def main(argv=None) -> int:
                       f"{args.num_trainers} trainers ready after {phases.lap('startup'):.2f} s"
                       + (f" (+ {runtime_s:.2f} s to start the runtime)" if runtime_s else ""))
 
-        for _ in range(workers):
-            shared.start_signals.put(True)
+        shared.start_signals.put(True, flow.sim_hosts)     # one for each, on its node
         sims = flow.collect("simulation", args.num_sims, progress="simulations")
         lifecycle.log(f"{len(sims)} simulations done in {phases.lap('simulation'):.2f} s")
 
         start = time.perf_counter()
         shared.pairs.freeze()                       # read-only from here: copy-free gets
         freeze_s = time.perf_counter() - start
-        for _ in range(args.num_trainers):
-            shared.manifests.put(sims)
+        shared.manifests.put(sims, flow.trainer_hosts)
         trainers = flow.collect("trained", args.num_trainers, progress="trainers")
-        for _ in range(workers + args.num_trainers):
-            shared.exit_signals.put(True)           # every process may end now
+        shared.exit_signals.put(True, flow.sim_hosts + flow.trainer_hosts)  # all may end
         lifecycle.log(f"{len(trainers)} trainers done in {phases.lap('training'):.2f} s")
         ddict = ddict_io.describe(shared.pairs, flow.ddict_bytes, flow.ddict_timeout_s,
                                   args.broadcast)

@@ -108,6 +108,12 @@ def queue_get_sleeps() -> bool:
     return bool(getattr(Queue.get, "patched_by", None))
 
 
+def group_manager_at_home() -> bool:
+    """Whether a ProcessGroup made in this process starts its manager on this node (dragon_site)."""
+    from dragon.native.process_group import ProcessGroup
+    return bool(getattr(ProcessGroup._start_manager, "patched_by", None))
+
+
 def runtime_fixed() -> bool:
     """Whether Dragon's own processes (transport agents, services) have dragon_site's fixes
     too: yes when the rule put dragon_site/ on the launcher's PYTHONPATH (`python SCRIPT`,
@@ -120,4 +126,4 @@ def fixes_record() -> dict:
     """Which of dragon_site's fixes ran, and why: the record's ddict.dragon_fixes."""
     return {"setting": _FIXES["setting"], "rule": _FIXES["rule"],
             "queue_poll_waits": queue_poll_fixed(), "queue_get_sleeps": queue_get_sleeps(),
-            "agents_fixed": runtime_fixed()}
+            "group_manager_at_home": group_manager_at_home(), "agents_fixed": runtime_fixed()}

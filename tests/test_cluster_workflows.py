@@ -75,7 +75,7 @@ def check_two_node_record(record, nodes, trainers_per_node, broadcast=False):
     assert (ddict["transport_agent"], ddict["hsta_backend"]) == ("hsta", "tcp"), ddict
     fixes = ddict["dragon_fixes"]        # PC_DRAGON_FIXES=auto: on, nodes of 2 cores
     assert fixes["queue_poll_waits"] is True and fixes["agents_fixed"] is True
-    assert fixes["queue_get_sleeps"] is True
+    assert fixes["queue_get_sleeps"] is True and fixes["group_manager_at_home"] is True
 
 
 @pytest.mark.parametrize("launch", ["python", "dragon", "broadcast"])

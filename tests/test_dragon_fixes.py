@@ -1,6 +1,7 @@
 """PC_DRAGON_FIXES: where dragon_site/'s fixes of DragonHPC 0.15.0 are applied (the rule,
 decided once where `dragon` starts), the switch that forces them on or off, the exact
 version guard, and real single-node runtimes whose heads say which fixes ran."""
+import inspect
 import json
 import os
 import pathlib
@@ -204,6 +205,53 @@ def test_the_hsta_fix_names_the_function_dragon_0_15_0_has():
     assert SITE["HSTA_MODULE"] == hsta_main.__name__
 
 
+def test_a_group_manager_starts_beside_its_owner_only_in_the_measured_version(monkeypatch):
+    """The wrapped start places the manager with a policy naming this node; other versions
+    keep Dragon's own (no placement: round robin over the nodes)."""
+    started = []
+
+    class Process:
+        def __init__(self, target, args, policy):
+            started.append((target, args, policy))
+            self.puid = 7
+
+        def start(self):
+            pass
+
+    def dragons_own(self, inq, exq, name="", policy=None):
+        raise AssertionError("Dragon's own start was kept")
+
+    class ProcessGroup:
+        _start_manager = dragons_own
+
+        def _update_mgr(self):
+            pass
+    from dragon.infrastructure.policy import Policy
+    from dragon.utils import host_id
+    group_module = types.SimpleNamespace(ProcessGroup=ProcessGroup, Process=Process,
+                                         Policy=Policy, _run_manager=print)
+    assert SITE["home_group_manager"](group_module) is True
+    group = ProcessGroup()
+    group._start_manager("inq", "exq", "name")
+    [(target, args, policy)] = started
+    assert (target, args, group._mgr_p_uid) == (print, ("inq", "exq", "name"), 7)
+    assert policy.placement == Policy.Placement.HOST_ID and policy.host_id == host_id()
+    monkeypatch.setattr(metadata, "version", lambda name: "0.16.0")
+    other = types.SimpleNamespace(ProcessGroup=type("ProcessGroup", (),
+                                                    {"_start_manager": dragons_own}))
+    assert SITE["home_group_manager"](other) is False
+    assert other.ProcessGroup._start_manager is dragons_own
+
+
+def test_the_group_fix_names_what_dragon_0_15_0_has():
+    from dragon.native import process_group
+    assert SITE["GROUP_MODULE"] == process_group.__name__
+    for name in ("Process", "Policy", "_run_manager"):
+        assert hasattr(process_group, name), name
+    assert list(inspect.signature(process_group.ProcessGroup._start_manager).parameters) == [
+        "self", "inq", "exq", "name", "policy"]
+
+
 def sitecustomize_installs(**env) -> bool:
     """Whether dragon_site/sitecustomize.py installs its import hook in a fresh Python."""
     code = ("import sys; print(any(type(f).__name__ == '_PatchOnImport' for f in sys.meta_path))")
@@ -236,7 +284,8 @@ from plumbing import dragon_fixes, dragon_launch, lifecycle
 
 def child(out):
     out.put({{"queue_get_sleeps": dragon_fixes.queue_get_sleeps(),
-              "queue_poll_waits": dragon_fixes.queue_poll_fixed()}})
+              "queue_poll_waits": dragon_fixes.queue_poll_fixed(),
+              "group_manager_at_home": dragon_fixes.group_manager_at_home()}})
 
 
 def main():
@@ -289,8 +338,10 @@ def test_a_real_runtime_records_which_fixes_ran(nothing_left, setting):
     assert head["rule"] == (f"PC_DRAGON_FIXES={setting}" if setting != "auto" else
                             dragon_launch.fixes_for_launch(nodes=1)[1])
     assert head["queue_poll_waits"] is on and head["queue_get_sleeps"] is on
+    assert head["group_manager_at_home"] is on
     assert head["agents_fixed"] is on                       # dragon_site on the launcher's path
-    assert seen["child"] == {"queue_get_sleeps": on, "queue_poll_waits": on}
+    assert seen["child"] == {"queue_get_sleeps": on, "queue_poll_waits": on,
+                             "group_manager_at_home": on}
 
 
 def test_plain_dragon_fixes_only_the_head_and_its_processes(nothing_left):
@@ -301,4 +352,5 @@ def test_plain_dragon_fixes_only_the_head_and_its_processes(nothing_left):
     assert head["queue_poll_waits"] is True and head["queue_get_sleeps"] is True
     assert head["agents_fixed"] is False
     assert head["rule"].startswith("PC_DRAGON_FIXES=on (the head and its processes only")
-    assert seen["child"] == {"queue_get_sleeps": True, "queue_poll_waits": True}
+    assert seen["child"] == {"queue_get_sleeps": True, "queue_poll_waits": True,
+                             "group_manager_at_home": True}

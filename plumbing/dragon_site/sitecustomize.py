@@ -31,6 +31,11 @@ fixes reach them too.
    with a timer slack of HSTA_TIMER_SLACK_NS (1 ms; prctl PR_SET_TIMERSLACK, which a child
    keeps across fork and exec): an idle agent wakes ~1,000 times a second, and the first
    message after a second of idling waits up to 1 ms more. Busy, it never sleeps.
+5. A ProcessGroup starts its manager process with no placement, so Dragon's round robin
+   may put it on another node than the group's owner, whose queues it then reads with
+   short timed gets: across nodes HSTA then never idles (85-98% of a core on each node of
+   the 2-node local cluster, for as long as a DDict lives: its orchestrator owns such a
+   group). The manager now starts on its owner's node (2-3% each, idle).
 
 The price: a process whose Queue waits have been idle for more than ~30 ms sees the next
 message up to 20 ms late, and Dragon's own services (global and local services, HSTA's
@@ -60,6 +65,7 @@ QUEUE_MODULE = "dragon.native.queue"
 AGENT_MODULE = "dragon.transport.tcp.client"
 AGENT_RECV_S = 1.0          # was 0.1
 HSTA_MODULE = "dragon.transport.hsta.__main__"
+GROUP_MODULE = "dragon.native.process_group"
 HSTA_TIMER_SLACK_NS = 1_000_000     # an idle HSTA's usleep(1) lasts about this long
 PR_SET_TIMERSLACK, PR_GET_TIMERSLACK = 29, 30      # <linux/prctl.h>
 
@@ -164,7 +170,32 @@ def calm_hsta(hsta_module) -> bool:
     return True
 
 
-FIXES = {QUEUE_MODULE: fix, AGENT_MODULE: calm_agent, HSTA_MODULE: calm_hsta}
+def _manager_at_home(group_module):
+    def start_manager(self, inq, exq, name="", policy=None):
+        from dragon.utils import host_id
+        here = group_module.Policy(placement=group_module.Policy.Placement.HOST_ID,
+                                   host_id=host_id())
+        manager = group_module.Process(target=group_module._run_manager,
+                                       args=(inq, exq, name), policy=here)
+        manager.start()
+        self._mgr_p_uid = manager.puid
+        self._update_mgr()
+    start_manager.patched_by = __file__
+    return start_manager
+
+
+def home_group_manager(group_module) -> bool:
+    """A ProcessGroup's manager starts on the node of the process that owns the group."""
+    group = group_module.ProcessGroup
+    if not version_patched():
+        return False
+    if not getattr(group._start_manager, "patched_by", None):
+        group._start_manager = _manager_at_home(group_module)
+    return True
+
+
+FIXES = {QUEUE_MODULE: fix, AGENT_MODULE: calm_agent, HSTA_MODULE: calm_hsta,
+         GROUP_MODULE: home_group_manager}
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
