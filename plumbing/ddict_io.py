@@ -94,12 +94,17 @@ def ddict_size(num_sims: int, grid_size: int, num_nodes: int,
     return total, per_manager * value * MANAGERS_PER_NODE
 
 
+def busiest_node_bytes(args) -> int:
+    """What the DDict's managers on the busiest node will hold for these arguments (a
+    parser without script 8's --broadcast: one copy of each value)."""
+    return ddict_size(args.num_sims, args.grid_size, args.num_nodes,
+                      getattr(args, "broadcast", False))[1]
+
+
 def node_memory(args) -> dict[str, float]:
     """For cli.check_args: what a node holds besides its trainers' float32 copies: its DDict
     manager's values, and each trainer's one reused read buffer."""
-    _, on_busiest_node = ddict_size(args.num_sims, args.grid_size, args.num_nodes,
-                                    getattr(args, "broadcast", False))
-    return {"the DDict": on_busiest_node,
+    return {"the DDict": busiest_node_bytes(args),
             "read buffers": args.trainers_per_node * common.data_bytes(1, args.grid_size)}
 
 

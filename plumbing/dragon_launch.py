@@ -321,8 +321,7 @@ def _more_checks(parser, args) -> None:
     if fixed is not None and not (fixed.isdigit() and int(fixed) >= ddict_io.MIN_PER_MANAGER):
         parser.error(f"{ddict_io.DDICT_BYTES_ENV}={fixed!r}: give the DDict's size in bytes, "
                      f"at least {ddict_io.MIN_PER_MANAGER}")
-    _, on_busiest_node = ddict_io.ddict_size(args.num_sims, args.grid_size, args.num_nodes,
-                                             getattr(args, "broadcast", False))
+    on_busiest_node = ddict_io.busiest_node_bytes(args)
     shm_free = shutil.disk_usage("/dev/shm").free
     if on_busiest_node > shm_free:
         parser.error(f"arguments --num_sims/--grid_size: the DDict needs "

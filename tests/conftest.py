@@ -306,7 +306,10 @@ class LocalClusters:
         self.current = None
 
     def __call__(self, n: int) -> LocalCluster:
-        if self.current is not None and len(self.current.nodes) == n and not self.current.broken:
+        # a cluster with something left on it (a failed test's stuck runtime, say) is not
+        # reused: that test has failed already, and its leftovers must not fail the next one
+        if (self.current is not None and len(self.current.nodes) == n
+                and not self.current.broken and not self.current.leftovers()):
             return self.current
         self.down()
         proc = cluster_command("up", n)
