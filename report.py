@@ -238,16 +238,22 @@ def machine_label(records: list[dict], given: str | None = None) -> str:
     return f"{machine}, {days[0]}" + (f" to {days[-1]}" if len(days) > 1 else "")
 
 
+def nodes_label(r: dict) -> str:
+    """"1 node", "2 nodes", "2 nodes (one machine)": for plot labels."""
+    n = r["num_nodes"]
+    return f"{n} node{'s' if n > 1 else ''}" + (" (one machine)" if shares_machine(r) else "")
+
+
 def _series(records: list[dict]):
     """(label, transport, records sorted by size) for each transport and node count."""
     node_counts = {r["num_nodes"] for r in records}
     groups: dict[tuple, list[dict]] = {}
     for r in ordered(records):
         groups.setdefault((r["transport"], r["num_nodes"], shares_machine(r)), []).append(r)
-    for (transport, nodes, shared), runs in groups.items():
+    for (transport, _, _), runs in groups.items():
         label = IMPLEMENTATIONS.get(transport, transport)
         if len(node_counts) > 1:
-            label += f", {nodes} node{'s' if nodes > 1 else ''}" + (" (one machine)" if shared else "")
+            label += f", {nodes_label(runs[0])}"
         yield label, transport, runs
 
 
@@ -259,18 +265,20 @@ def plot_io(records: list[dict], path: str, machine: str) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
     for label, transport, runs in _series(records):
         color = COLORS.get(transport)
+        # one node: filled markers; several: hollow, so that the two runs of a transport part
+        face = {"mfc": "white"} if runs[0]["num_nodes"] > 1 else {}
         size = [r["bytes_produced"] / GB for r in runs]
         for phase, style, marker in (("train", "-", "o"), ("sim", "--", "s")):
             mean = [r[f"{phase}_io_mean_s"] for r in runs]
             spread = [max(r[f"{phase}_io_max_s"] - m, 0.0) for r, m in zip(runs, mean)]
             name = "trainer read" if phase == "train" else "simulation write"
             left.errorbar(size, mean, yerr=[[0] * len(mean), spread], color=color, ls=style,
-                          marker=marker, capsize=3, label=f"{label}: {name}")
+                          marker=marker, capsize=3, label=f"{label}: {name}", **face)
             gbps = [(s, r[f"{phase}_io_gbps"]) for s, r in zip(size, runs)
                     if r[f"{phase}_io_gbps"]]
             if gbps:
                 right.plot(*zip(*gbps), color=color, ls=style, marker=marker,
-                           label=f"{label}: {name}")
+                           label=f"{label}: {name}", **face)
     sizes = sorted({r["bytes_produced"] for r in records})
     for ax in (left, right):
         ax.set_xscale("log")
@@ -311,7 +319,7 @@ def plot_breakdown(records: list[dict], path: str, machine: str) -> None:
     fig, ax = plt.subplots(figsize=(12, 1.2 + 0.45 * len(runs)), layout="constrained")
     several_node_counts = len({r["num_nodes"] for r in runs}) > 1
     labels = [f"{IMPLEMENTATIONS.get(r['transport'], r['transport'])}, "
-              + (f"{nodes_cell(r)} nodes, " if several_node_counts else "")
+              + (f"{nodes_label(r)}, " if several_node_counts else "")
               + f"{gigabytes(r['bytes_produced'])} GB" for r in runs]
     parts = [time_parts(r) for r in runs]
     y = list(range(len(runs)))[::-1]          # first row at the top
@@ -326,7 +334,7 @@ def plot_breakdown(records: list[dict], path: str, machine: str) -> None:
     ax.set_xlabel("wall time of the run as timed by the workflow script (s)")
     ax.set_xlim(0, max(left, default=1) * 1.25)
     ax.legend(ncols=len(PARTS), loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize="small")
-    ax.set_title(f"Where each run's time went - {machine}", pad=28)
+    fig.suptitle(f"Where each run's time went - {machine}")
     ax.grid(True, axis="x", alpha=0.3)
     fig.savefig(path, dpi=120)
     plt.close(fig)
