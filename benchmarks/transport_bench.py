@@ -34,7 +34,6 @@ import pickle
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile

@@ -1,6 +1,7 @@
 """PC_DRAGON_FIXES: where dragon_site/'s fixes of DragonHPC 0.15.0 are applied (the rule,
 decided once where `dragon` starts), the switch that forces them on or off, the exact
 version guard, and real single-node runtimes whose heads say which fixes ran."""
+import functools
 import inspect
 import json
 import os
@@ -158,10 +159,38 @@ def fake_dragon():
         def get(self, block=True, timeout=None):
             return None
 
-    class Client:
+    class SendResponse:
+        pass
+
+    class Client:                   # the shape of dragon.transport.tcp.client.Client
         def recv(self, timeout=0.1):
             return None
-    return types.SimpleNamespace(Queue=Queue), types.SimpleNamespace(Client=Client)
+
+        @functools.singledispatchmethod
+        async def handle_response(self, resp, addr, msg):
+            raise NotImplementedError
+
+        @handle_response.register
+        async def _(self, resp: SendResponse, addr, msg):
+            msg.send_complete()     # Dragon's: on the event loop
+    return (types.SimpleNamespace(Queue=Queue),
+            types.SimpleNamespace(Client=Client, SendResponse=SendResponse))
+
+
+def sends_complete_off_the_loop(client_module) -> bool:
+    """Whether the agent's handler of a SendResponse completes the message in another
+    thread than its event loop's (a real asyncio loop; the message records the thread)."""
+    import asyncio
+    import threading
+
+    class Message:
+        is_send_kind = True
+
+        def send_complete(self):
+            self.thread = threading.current_thread()
+    msg = Message()
+    asyncio.run(client_module.Client().handle_response(client_module.SendResponse(), None, msg))
+    return msg.thread is not threading.main_thread()
 
 
 @pytest.mark.parametrize("version, patched", [("0.15.0", True), ("0.15", False),
@@ -177,6 +206,7 @@ def test_only_the_exact_version_is_patched(monkeypatch, version, patched):
     assert SITE["calm_agent"](client_module) is patched
     recv_s = SITE["AGENT_RECV_S"] if patched else 0.1
     assert client_module.Client.recv.__defaults__ == (recv_s,)
+    assert sends_complete_off_the_loop(client_module) is patched
     assert dragon_fixes.dragon_version_patched() is patched
     if not patched:     # the one-copy read, a private-API path, is guarded the same way
         assert ddict_io.one_copy_supported() is False
@@ -197,6 +227,12 @@ def test_hsta_starts_with_the_timer_slack_and_its_starter_keeps_its_own(monkeypa
     monkeypatch.setattr(metadata, "version", lambda name: "0.16.0")
     other = types.SimpleNamespace(start_hsta_job=start_hsta_job)
     assert SITE["calm_hsta"](other) is False and other.start_hsta_job is start_hsta_job
+
+
+def test_the_agent_fix_names_what_dragon_0_15_0_has():
+    from dragon.transport.tcp import client
+    assert SITE["AGENT_MODULE"] == client.__name__
+    assert client.SendResponse in vars(client.Client)["handle_response"].dispatcher.registry
 
 
 def test_the_hsta_fix_names_the_function_dragon_0_15_0_has():
