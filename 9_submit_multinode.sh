@@ -49,7 +49,8 @@
 #   KERNEL_SIZES  e.g. 3,5 (default: the scripts')  NUM_TRAINERS  (default: one per GPU, 2 on CPU)
 #   EPOCHS        training epochs per trainer        1 (0: move and check the data only)
 #   DATA_DIR      where the file-system runs write (in a batch job: give the parallel file
-#                 system, e.g. /eagle/<project>/<user> or $SCRATCH); default RESULTS_DIR/data
+#                 system, e.g. /eagle/<project>/<user> or $SCRATCH); default RESULTS_DIR/data,
+#                 and on the local cluster its storage node ($PC_CLUSTER_PFS/<job id>)
 #   RESULTS_DIR   this job's outputs                results/<job id or date-time>
 #   WARMUP        1: first a tiny unreported run per engine (Parsl, Dragon); 0: none
 #   RUN_TIMEOUT   seconds one run may take          600 here; 1800 in a batch job
@@ -169,6 +170,7 @@ DRY_RUN=${DRY_RUN:-0}
 WARMUP=${WARMUP:-1}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 RESULTS_DIR=$(absolute "${RESULTS_DIR:-results/$job_id}")
+data_dir_given=${DATA_DIR:-}
 DATA_DIR=$(absolute "${DATA_DIR:-$RESULTS_DIR/data}")
 read -ra grid_sizes <<< "${GRID_SIZES//,/ }"
 read -ra transports <<< "${TRANSPORTS//,/ }"
@@ -254,6 +256,13 @@ if [[ $cluster == own ]]; then
     fi
     num_nodes=$most_nodes
 fi
+# On the local cluster the files go to its storage node (cluster/local_cluster.sh serves
+# PC_CLUSTER_PFS to every node over the cluster's network, as Lustre is served), unless
+# DATA_DIR says otherwise
+if [[ -n $cluster && -z $data_dir_given ]]; then
+    if [[ -n ${PC_CLUSTER_PFS:-} ]]; then DATA_DIR=$PC_CLUSTER_PFS/$job_id
+    elif [[ $DRY_RUN == 1 ]]; then DATA_DIR="\$PC_CLUSTER_PFS/$job_id"; fi
+fi
 
 records=$RESULTS_DIR/records.jsonl
 if [[ $DRY_RUN == 1 ]]; then
@@ -279,7 +288,8 @@ fi
     echo "results dir  $RESULTS_DIR"
     if [[ $DRY_RUN == 1 ]]; then echo "python       (a dry run does not activate the environment)"
     else echo "python       $(command -v python)"; fi
-    echo "commit       $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    # -dirty: the working tree had changes that commit does not hold
+    echo "commit       $(git describe --always --dirty --abbrev=7 2>/dev/null || echo unknown)"
     echo "load average $(load_average) (1, 5, 15 min) at the start"
 } | tee "$info_file"
 if (( on_pbs )) && [[ $DATA_DIR == "$RESULTS_DIR/data" ]]; then

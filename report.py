@@ -68,8 +68,25 @@ def load_records(paths: list[str]) -> list[dict]:
     return records
 
 
-def implementation(record: dict) -> str:
+def storage(record: dict) -> str:
+    """Where a transport that uses files kept them, from the record: "ext4", "lustre from
+    10.140.0.10@o2ib", "sshfs from storage"; "" for the others and for older records."""
+    fs = record.get("data_filesystem")
+    if not fs:
+        return ""
+    kind = fs["type"].removeprefix("fuse.")
+    server = fs["source"].split(":")[0] if ":" in fs["source"] else ""
+    return kind + (f" from {server}" if server else "")
+
+
+def transport_name(record: dict) -> str:
+    """The spec's name of the transport, with the file system its files were on."""
     name = IMPLEMENTATIONS.get(record["transport"], record["transport"])
+    return f"{name} [{storage(record)}]" if storage(record) else name
+
+
+def implementation(record: dict) -> str:
+    name = transport_name(record)
     return name if record.get("integrity_ok", True) else name + " (integrity check FAILED)"
 
 
@@ -249,9 +266,10 @@ def _series(records: list[dict]):
     node_counts = {r["num_nodes"] for r in records}
     groups: dict[tuple, list[dict]] = {}
     for r in ordered(records):
-        groups.setdefault((r["transport"], r["num_nodes"], shares_machine(r)), []).append(r)
-    for (transport, _, _), runs in groups.items():
-        label = IMPLEMENTATIONS.get(transport, transport)
+        groups.setdefault((r["transport"], storage(r), r["num_nodes"], shares_machine(r)),
+                          []).append(r)
+    for (transport, _, _, _), runs in groups.items():
+        label = transport_name(runs[0])
         if len(node_counts) > 1:
             label += f", {nodes_label(runs[0])}"
         yield label, transport, runs
@@ -293,7 +311,7 @@ def plot_io(records: list[dict], path: str, machine: str) -> None:
     right.set_ylabel("bandwidth (GB/s)")
     right.set_title("Bandwidth (per simulation / per trainer)")
     handles, labels = left.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize="small")
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small")
     fig.suptitle(f"Data movement by transport - {machine}")
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -318,7 +336,7 @@ def plot_breakdown(records: list[dict], path: str, machine: str) -> None:
     runs = ordered(records)
     fig, ax = plt.subplots(figsize=(12, 1.2 + 0.45 * len(runs)), layout="constrained")
     several_node_counts = len({r["num_nodes"] for r in runs}) > 1
-    labels = [f"{IMPLEMENTATIONS.get(r['transport'], r['transport'])}, "
+    labels = [f"{transport_name(r)}, "
               + (f"{nodes_label(r)}, " if several_node_counts else "")
               + f"{gigabytes(r['bytes_produced'])} GB" for r in runs]
     parts = [time_parts(r) for r in runs]

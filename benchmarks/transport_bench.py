@@ -10,6 +10,10 @@ next to what this machine does in the same run:
   np.save     np.save of each simulation's freshly computed array, by as many processes at
               once as the workflow has writers; np.load of the files by one process, through
               the page cache                         (the file system)
+  stream      one reader streaming a 256 MB file from --data_dir's storage, not from this
+              node's page cache (written, synced, dropped with posix_fadvise): on the local
+              cluster's storage node (--data_dir $PC_CLUSTER_PFS), what sshfs over the bridge
+              gives; on a disk, the disk          (the file system's own limit)
   pickle      pickle.dumps / loads, protocol 5, of the same arrays (context for the futures)
   DDict floor benchmarks/ddict_floor.py: the same values in the same frozen DDict, read by
               as many bare reader processes with the trainers' own reader, nothing else
@@ -21,6 +25,9 @@ next to what this machine does in the same run:
     python benchmarks/transport_bench.py                      # the default runs (~30 min here)
     python benchmarks/transport_bench.py --quick              # 16 x 64 and 16 x 256, one reader
     python benchmarks/transport_bench.py --runs 16x256,12x512 --readers 1,2 --transports fs,ddict
+    # the files on the local cluster's storage node, the runs on its nodes (docs/local_cluster.md)
+    bash cluster/local_cluster.sh run 1 python benchmarks/transport_bench.py \
+        --data_dir "$PC_CLUSTER_PFS" --transports fs,ps-file --readers 2 --runs 16x128,4x512
 
 GB = 1e9 bytes. Every number printed was measured in this run. Not part of the test suite.
 """
@@ -110,8 +117,31 @@ def measure_limits(num_sims: int, grid_size: int, data_dir: str, writers: int) -
         del back
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    limits.update(npsave_gbps=_rate(total, save_s), npload_gbps=_rate(total, load_s))
+    limits.update(npsave_gbps=_rate(total, save_s), npload_gbps=_rate(total, load_s),
+                  stream_read_gbps=stream_read(data_dir))
     return limits
+
+
+def stream_read(data_dir: str, nbytes: int = 256 * 2**20, chunk: int = 8 * 2**20) -> float:
+    """GB/s of one reader streaming an `nbytes` file in `chunk` reads from the storage behind
+    `data_dir`: written, synced, and dropped from this node's page cache first."""
+    block = np.random.default_rng(0).integers(0, 256, chunk, dtype=np.uint8).tobytes()
+    fd, path = tempfile.mkstemp(prefix="bench-stream-", dir=data_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for _ in range(nbytes // chunk):
+                f.write(block)
+            f.flush()
+            os.fsync(f.fileno())            # dirty pages cannot be dropped
+        buffer = bytearray(chunk)
+        with open(path, "rb", buffering=0) as f:
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            start = time.perf_counter()
+            while f.readinto(buffer):
+                pass
+            return _rate(nbytes, time.perf_counter() - start)
+    finally:
+        os.unlink(path)
 
 
 def _simulate_and_save(index: int, grid_size: int, folder: str) -> float:
@@ -320,6 +350,10 @@ def evaluate(result: dict) -> list[dict]:
             ratio = runs["ddict"]["train_io_gbps"] / lim["memcpy_gbps"]
             check(f"DDict read per trainer / memcpy, {key}", ratio, ">= 0.25 (aim 0.5)",
                   ratio >= 0.25)
+        if "fs" in runs and lim.get("stream_read_gbps") and big:
+            ratio = runs["fs"]["train_io_gbps"] / lim["stream_read_gbps"]
+            check(f"file system read / its storage's stream, {key}", ratio, ">= 0.5",
+                  ratio >= 0.5)
         if "ddict" in runs and "fs" in runs and big:
             ratio = runs["fs"]["train_io_gbps"] / runs["ddict"]["train_io_gbps"]
             check(f"file system read / DDict read, {key}", ratio, "<= 3", ratio <= 3)
@@ -357,7 +391,9 @@ def table(result: dict) -> str:
 
     rows.append("limits, GB/s")
     for label, name in (("  memcpy (warm, 1 process)", "memcpy_gbps"), ("  np.save", "npsave_gbps"),
-                        ("  np.load", "npload_gbps"), ("  pickle.dumps", "pickle_dumps_gbps"),
+                        ("  np.load", "npload_gbps"),
+                        ("  stream (1 reader, not cached)", "stream_read_gbps"),
+                        ("  pickle.dumps", "pickle_dumps_gbps"),
                         ("  pickle.loads", "pickle_loads_gbps")):
         row(label, [get(k, "limits", name) for k in keys])
     rows.append("write per simulation / read per trainer, GB/s")
@@ -384,6 +420,8 @@ def table(result: dict) -> str:
                                          get(k, "runs", "ddict", "train_io_gbps")) for k in keys], "{:.2f}")
     row("  fs read / np.load", [ratio(get(k, "runs", "fs", "train_io_gbps"),
                                       get(k, "limits", "npload_gbps")) for k in keys], "{:.2f}")
+    row("  fs read / stream", [ratio(get(k, "runs", "fs", "train_io_gbps"),
+                                     get(k, "limits", "stream_read_gbps")) for k in keys], "{:.2f}")
     for name in ("ps-redis", "ps-file", "ps-zmq"):
         if any(name in result["cells"][k]["runs"] for k in keys):
             row(f"  {name} read / futures read", [ratio(get(k, "runs", name, "train_io_gbps"),
@@ -453,15 +491,16 @@ def main(argv=None) -> int:
         return 0
     transports = args.transports.split(",")
     readers = [int(r) for r in args.readers.split(",")]
-    machine = {"hostname": socket.gethostname(), "cores": os.cpu_count(),
+    storage = records.filesystem_of(args.data_dir)
+    machine = {"hostname": socket.gethostname(), "cores": os.cpu_count(), "data_filesystem": storage,
                "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
                "load_average_at_start": os.getloadavg(), "versions": records.versions()}
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine,
               "settings": vars(args), "cells": {}, "errors": []}
     print(f"Machine: {machine['hostname']}, {machine['cores']} cores, "
           f"{machine['memory_bytes'] / 2**30:.1f} GiB, load average "
-          f"{machine['load_average_at_start'][0]:.1f}; runs {args.runs}, readers {args.readers}",
-          flush=True)
+          f"{machine['load_average_at_start'][0]:.1f}; runs {args.runs}, readers {args.readers}; "
+          f"--data_dir on {storage['type']} {storage['source']}", flush=True)
     scratch = tempfile.mkdtemp(prefix="bench-", dir=args.data_dir)
     started = time.perf_counter()
     try:

@@ -4,7 +4,7 @@
 #   bash cluster/install_packages.sh GROUP...     (as root, on Debian/Ubuntu)
 #
 # Groups (a group is skipped when its programs are all on PATH already):
-#   cluster   openssh-server                           the local cluster's nodes (sshd)
+#   cluster   openssh-server sshfs                     the local cluster's nodes (sshd), its storage (sshfs)
 #   mpi       mpich                                    Parsl's managers on several nodes (mpiexec)
 #   slurm     slurmctld slurmd slurm-client munge      the local Slurm (cluster/slurm.sh)
 #   redis     redis-server                             5_... --proxystore redis
@@ -18,7 +18,7 @@ set -uo pipefail
 
 # group -> "packages|programs they must put on PATH"
 declare -A GROUPS_=(
-    [cluster]="openssh-server|sshd ssh ssh-keygen"
+    [cluster]="openssh-server sshfs|sshd ssh ssh-keygen sshfs"
     [mpi]="mpich|mpiexec"
     [slurm]="slurmctld slurmd slurm-client munge|slurmctld slurmd sbatch srun scontrol sinfo munged"
     [redis]="redis-server|redis-server"

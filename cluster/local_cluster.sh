@@ -15,7 +15,10 @@
 # everything else, the repository and its .venv included, is the machine's file system,
 # shared by all nodes like a parallel file system. Nothing of the machine's own is changed:
 # /etc/hosts, /etc/ssh/ssh_config and ~/.ssh are covered, inside the nodes only, by files
-# in cluster/.state. See docs/local_cluster.md.
+# in cluster/.state. The nodes' shared data directory, cluster/.state/pfs, is served by a
+# storage node (a namespace like a node, with an sshd only) over the bridge: each node mounts
+# it with sshfs, so a file that one node writes and another reads crosses the network, as on
+# Lustre. See docs/local_cluster.md.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" && pwd -P)
@@ -24,6 +27,7 @@ STATE=$HERE/.state
 MAX_NODES=4
 SUBNET=10.250.0            # node K is $SUBNET.K/24
 IFACE=pcc0                 # the same name in every node: one PARSL_IFACE for all
+STORAGE_ADDR=$SUBNET.100   # the storage node (host name "storage")
 # Dragon's front end finds its own address with a UDP connect() to this address (no packet
 # is sent); without a route to it, it stops
 DRAGON_PROBE=10.254.254.254
@@ -31,11 +35,22 @@ DRAGON_PROBE=10.254.254.254
 # (e.g. a CI clone in /tmp and a working copy) from taking down each other's cluster
 TAG=pcc-$(printf %s "$STATE" | md5sum | cut -c1-6)
 SWITCH=$TAG-switch
+# The shared data directory: the storage node serves this directory of the machine's disk,
+# and each node mounts it over the same path, so that in a node the path leads through the
+# network and on the machine (and in the storage node) straight to the storage's disk
+PFS=$STATE/pfs
+# sshfs in each node: kernel_cache keeps what this node wrote or read in its page cache, as a
+# Lustre client does (files here are written once, then read); dir_cache=no: a file another
+# node made is seen at once; aes128-gcm: the fastest cipher with the CPU's AES instructions
+# (Lustre does not encrypt at all); a storage node that stops answering ends the mount
+# within 6 s, and then every access fails, instead of hanging
+SSHFS_OPTIONS=kernel_cache,dir_cache=no,Ciphers=aes128-gcm@openssh.com,ServerAliveInterval=2,ServerAliveCountMax=3
 
 say() { echo "local_cluster: $*" >&2; }
 die() { say "$*"; exit 1; }
 
-node_ns() { echo "$TAG-node$1"; }
+# a node's name: node1 ... nodeN, or storage
+node_ns() { echo "$TAG-$1"; }
 
 # Dragon reads which fabric HSTA uses from dragon-config.json in its package's .hsta-config
 # folder (`dragon-config add --tcp-runtime` writes it there, for every run of the
@@ -61,15 +76,15 @@ print(os.path.dirname(s.origin) if s and s.origin else "")' 2>/dev/null) || drag
 # the single-quoted form of $1, for the `export` lines that `eval` reads
 quote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 
-# host pid of node $1's PID 1, if it is alive and is that node (a stale pid file may point
-# at an unrelated process by now); empty otherwise
+# host pid of the PID 1 of node $1 (a name: node1, storage), if it is alive and is that
+# node (a stale pid file may point at an unrelated process by now); empty otherwise
 node_pid() {
     local pid cmdline
-    pid=$(cat "$STATE/node$1/pid" 2>/dev/null) || return 0
+    pid=$(cat "$STATE/$1/pid" 2>/dev/null) || return 0
     [[ $pid =~ ^[0-9]+$ ]] || return 0
     cmdline=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || return 0
     # it names this node's sshd_config (or this script, before it becomes sshd)
-    if [[ $cmdline == *"$STATE/node$1/"* || $cmdline == *"$HERE/local_cluster.sh _node $1" ]]; then
+    if [[ $cmdline == *"$STATE/$1/"* || $cmdline == *"$HERE/local_cluster.sh _node $1" ]]; then
         echo "$pid"
     fi
 }
@@ -91,6 +106,7 @@ cmd_up() {
     unshare --net --uts --ipc --mount --pid --fork true 2>/dev/null ||
         die "cannot make namespaces here (unshare --net --uts --ipc --mount --pid failed)"
     need_sshd
+    [[ -c /dev/fuse ]] || die "no /dev/fuse: the storage node's sshfs mounts need FUSE"
     [[ $REPO =~ ^[A-Za-z0-9_./-]+$ ]] ||
         die "the repository path '$REPO' has characters other than letters, digits and _./- (sshd and Parsl configs cannot quote them)"
     [[ -f /etc/ssh/ssh_config ]] || die "no /etc/ssh/ssh_config to cover in the nodes"
@@ -117,6 +133,7 @@ cmd_up() {
     start_nodes "$n"
     wait_for_ssh "$n"
     start_agent
+    mount_pfs "$n"
 
     trap - EXIT INT TERM HUP
     local hostfile=$STATE/hostfile
@@ -130,6 +147,8 @@ cmd_up() {
     echo "export PC_DRAGON_ARGS=$(quote "-t hsta --wlm ssh --hostfile $hostfile --network-prefix ^$IFACE\$")"
     echo "export PC_CLUSTER_NODES=$(quote "$n")"
     echo "export PC_CLUSTER_STATE=$(quote "$STATE")"
+    # the shared data directory on the storage node: --data_dir for files that cross the network
+    echo "export PC_CLUSTER_PFS=$(quote "$PFS")"
     # records made on these nodes say that they share this one machine's cores and memory
     echo "export PC_CLUSTER_HOST=$(quote "$(hostname)")"
     say "$n node(s) up: run commands with 'bash $HERE/local_cluster.sh run K CMD...'"
@@ -147,14 +166,20 @@ up_failed() {
     exit "$((status ? status : 1))"
 }
 
-# Debian's openssh-server is installed when sshd is missing (install_packages.sh: the one place)
+# Debian's openssh-server and sshfs are installed when missing (install_packages.sh: the one place)
 need_sshd() {
-    bash "$HERE/install_packages.sh" cluster || die "no sshd, and 'apt-get install openssh-server' failed"
+    bash "$HERE/install_packages.sh" cluster || die "no sshd or sshfs, and 'apt-get install openssh-server sshfs' failed"
 }
+
+# the cluster address of node $1 (a name)
+address() { if [[ $1 == storage ]]; then echo "$STORAGE_ADDR"; else echo "$SUBNET.${1#node}"; fi; }
+
+# the names of the nodes of an n-node cluster, then the storage node
+all_nodes() { local k; for ((k = 1; k <= $1; k++)); do echo "node$k"; done; echo storage; }
 
 # keys, the host list and the configuration files that the nodes bind over their own
 make_files() {
-    local n=$1 k dir
+    local n=$1 name dir addr
     ssh-keygen -q -t ed25519 -N '' -C "pcc-client" -f "$STATE/id_ed25519"
     # only from the cluster's network, and only for this cluster's key
     echo "from=\"$SUBNET.*\" $(cat "$STATE/id_ed25519.pub")" >"$STATE/authorized_keys"
@@ -163,18 +188,19 @@ make_files() {
     printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$STATE/hosts"
     : >"$STATE/hostfile"
     : >"$STATE/known_hosts"
-    for ((k = 1; k <= n; k++)); do
-        dir=$STATE/node$k
+    mkdir -m 0700 "$PFS"                    # the storage node's disk
+    for name in $(all_nodes "$n"); do
+        dir=$STATE/$name addr=$(address "$name")
         mkdir -m 0700 "$dir"
-        ssh-keygen -q -t ed25519 -N '' -C "pcc-node$k" -f "$dir/ssh_host_ed25519_key"
-        printf '%s.%s\tnode%s\n' "$SUBNET" "$k" "$k" >>"$STATE/hosts"
-        echo "node$k" >>"$STATE/hostfile"
-        echo "node$k,$SUBNET.$k $(cut -d' ' -f1,2 "$dir/ssh_host_ed25519_key.pub")" >>"$STATE/known_hosts"
+        ssh-keygen -q -t ed25519 -N '' -C "pcc-$name" -f "$dir/ssh_host_ed25519_key"
+        printf '%s\t%s\n' "$addr" "$name" >>"$STATE/hosts"
+        [[ $name == storage ]] || echo "$name" >>"$STATE/hostfile"
+        echo "$name,$addr $(cut -d' ' -f1,2 "$dir/ssh_host_ed25519_key.pub")" >>"$STATE/known_hosts"
         # Dragon tells hosts apart by boot_id: each node has its own
         cat /proc/sys/kernel/random/uuid >"$dir/boot_id"
         cat >"$dir/sshd_config" <<EOF
-# sshd of node$k (made by local_cluster.sh): key-only root login, on the cluster network only
-ListenAddress $SUBNET.$k
+# sshd of $name (made by local_cluster.sh): key-only root login, on the cluster network only
+ListenAddress $addr
 HostKey $dir/ssh_host_ed25519_key
 AuthorizedKeysFile $STATE/authorized_keys
 PermitRootLogin prohibit-password
@@ -193,6 +219,8 @@ MaxStartups 100
 # ssh launch passes on only PATH, PYTHONPATH and a few of its own
 AcceptEnv PC_*
 EOF
+        # the storage node serves files (sshfs speaks SFTP), in sshd's own process
+        [[ $name != storage ]] || echo "Subsystem sftp internal-sftp" >>"$dir/sshd_config"
     done
     cat >"$STATE/ssh_config" <<EOF
 # ssh client configuration inside the nodes (made by local_cluster.sh): this cluster's key
@@ -214,95 +242,114 @@ EOF
 
 # the switch (a bridge in a namespace of its own) and one veth per node plugged into it
 make_network() {
-    local n=$1 k ns
+    local n=$1 name ns port addr
     ip netns add "$SWITCH"
     ip -n "$SWITCH" link add pcc-br type bridge
     ip -n "$SWITCH" link set pcc-br up
-    for ((k = 1; k <= n; k++)); do
-        ns=$(node_ns "$k")
+    for name in $(all_nodes "$n"); do
+        ns=$(node_ns "$name") port=pcc-port${name#node} addr=$(address "$name")
         ip netns add "$ns"
         # both ends are made in the switch's namespace, then one moves into the node:
         # nothing ever appears in the machine's own network namespace
-        ip -n "$SWITCH" link add "pcc-port$k" type veth peer name "$IFACE" netns "$ns"
-        ip -n "$SWITCH" link set "pcc-port$k" master pcc-br up
+        ip -n "$SWITCH" link add "$port" type veth peer name "$IFACE" netns "$ns"
+        ip -n "$SWITCH" link set "$port" master pcc-br up
         ip -n "$ns" link set lo up
         if [[ -d /proc/sys/net/ipv6 ]]; then   # IPv4 only: no IPv6 link-local address
             ip -n "$ns" link set "$IFACE" addrgenmode none
         fi
-        ip -n "$ns" addr add "$SUBNET.$k/24" dev "$IFACE"
+        ip -n "$ns" addr add "$addr/24" dev "$IFACE"
         ip -n "$ns" link set "$IFACE" up
-        ip -n "$ns" route add "$DRAGON_PROBE/32" dev lo src "$SUBNET.$k"
+        ip -n "$ns" route add "$DRAGON_PROBE/32" dev lo src "$addr"
     done
 }
 
 start_nodes() {
-    local n=$1 k deadline starters=()
+    local n=$1 name deadline
+    local -A starters=()
     # the nodes start in the repository: `_node` needs its cwd there (see private_tmpfs)
     cd "$REPO"
-    for ((k = 1; k <= n; k++)); do
+    for name in $(all_nodes "$n"); do
         # setsid: no terminal; --kill-child: the node dies if this unshare is killed
-        setsid nsenter --net="/run/netns/$(node_ns "$k")" \
+        setsid nsenter --net="/run/netns/$(node_ns "$name")" \
             unshare --uts --ipc --mount --pid --fork --kill-child \
-            bash "$HERE/local_cluster.sh" _node "$k" \
-            </dev/null >>"$STATE/node$k/log" 2>&1 &
-        starters+=("$!")
+            bash "$HERE/local_cluster.sh" _node "$name" \
+            </dev/null >>"$STATE/$name/log" 2>&1 &
+        starters[$name]=$!
     done
     # each node writes its pid file once set up, just before it starts sshd
     deadline=$((SECONDS + 20))
-    for ((k = 1; k <= n; k++)); do
-        until [[ -s $STATE/node$k/pid ]]; do
-            if ((SECONDS > deadline)) || ! kill -0 "${starters[k - 1]}" 2>/dev/null; then
-                die "node$k did not start: $(tail -n 5 "$STATE/node$k/log" 2>/dev/null)"
+    for name in $(all_nodes "$n"); do
+        until [[ -s $STATE/$name/pid ]]; do
+            if ((SECONDS > deadline)) || ! kill -0 "${starters[$name]}" 2>/dev/null; then
+                die "$name did not start: $(tail -n 5 "$STATE/$name/log" 2>/dev/null)"
             fi
             sleep 0.02
         done
     done
 }
 
+# wait for the background jobs PID...; fails if any of them failed
+wait_all() {
+    local pid failed=0
+    for pid in "$@"; do
+        wait "$pid" || failed=1
+    done
+    return "$failed"
+}
+
 # a real ssh from node1 to every node, until each answers (all at once: one takes ~0.3 s)
 wait_for_ssh() {
-    local n=$1 k pid1 checks=() failed=0
-    pid1=$(node_pid 1)
-    for ((k = 1; k <= n; k++)); do
-        ssh_until_up "$pid1" "$k" &
+    local n=$1 name pid1 checks=()
+    pid1=$(node_pid node1)
+    for name in $(all_nodes "$n"); do
+        ssh_until_up "$pid1" "$name" &
         checks+=("$!")
     done
-    for k in "${checks[@]}"; do
-        wait "$k" || failed=1
-    done
-    ((!failed)) || die "not every node answers ssh"
+    wait_all "${checks[@]}" || die "not every node answers ssh"
 }
 
 # an ssh-agent with the cluster's key, for clients that read no ssh configuration (paramiko,
 # in Dragon's clean-up); started in node1, it goes when the node does
 start_agent() {
-    nsenter --target "$(node_pid 1)" --mount --uts --ipc --net --pid \
+    nsenter --target "$(node_pid node1)" --mount --uts --ipc --net --pid \
         ssh-agent -a "$STATE/agent.sock" >/dev/null || die "ssh-agent did not start"
     SSH_AUTH_SOCK=$STATE/agent.sock ssh-add -q "$STATE/id_ed25519" 2>/dev/null ||
         die "ssh-add of the cluster's key failed"
 }
 
 ssh_until_up() {
-    local pid1=$1 k=$2 deadline=$((SECONDS + 20)) error
+    local pid1=$1 name=$2 deadline=$((SECONDS + 20)) error
     until error=$(nsenter --target "$pid1" --mount --uts --ipc --net --pid \
-                  ssh -o ConnectTimeout=5 "node$k" true 2>&1); do
-        if [[ -z $(node_pid "$k") ]]; then
-            say "node$k stopped: $(tail -n 5 "$STATE/node$k/log" 2>/dev/null)"
+                  ssh -o ConnectTimeout=5 "$name" true 2>&1); do
+        if [[ -z $(node_pid "$name") ]]; then
+            say "$name stopped: $(tail -n 5 "$STATE/$name/log" 2>/dev/null)"
             return 1
         fi
         if ((SECONDS > deadline)); then
-            say "ssh node1 -> node$k failed: $error"
+            say "ssh node1 -> $name failed: $error"
             return 1
         fi
         sleep 0.02
     done
 }
 
+# every node mounts the storage node's $PFS over its own $PFS (all at once). sshfs runs in
+# the node (its namespaces, its ssh configuration), as a daemon under the node's PID 1
+mount_pfs() {
+    local n=$1 k mounts=()
+    for ((k = 1; k <= n; k++)); do
+        nsenter --target "$(node_pid "node$k")" --mount --uts --ipc --net --pid \
+            sshfs "storage:$PFS" "$PFS" -o "$SSHFS_OPTIONS" 2>>"$STATE/node$k/log" &
+        mounts+=("$!")
+    done
+    wait_all "${mounts[@]}" || die "a node could not mount the storage node's $PFS with sshfs (see $STATE/node*/log)"
+}
+
 # --------------------------------------------------------------- inside a node (PID 1)
 # `up` starts this in the node's fresh namespaces (the network one already configured);
 # it sets up the node's own mounts, then becomes the node's sshd
 node_main() {
-    local k=$1 dir=$STATE/node$1 pid _ home
+    local name=$1 dir=$STATE/$1 pid _ home
     # /proc is still the machine's here, so this is our pid as seen from outside
     read -r pid _ </proc/self/stat
     # nothing mounted below may leak to the machine (unshare's default, made explicit)
@@ -341,7 +388,13 @@ node_main() {
     if [[ -n $config && -d $config ]]; then
         mount --bind "$STATE/hsta-config" "$config"
     fi
-    echo "node$k" >/proc/sys/kernel/hostname
+    # below the storage node's sshfs mount (mount_pfs), an empty read-only file system: if
+    # sshfs ends (it does, and unmounts, when the storage node goes), the path fails
+    # ("Read-only file system") instead of leading, unnoticed, to the machine's disk
+    if [[ $name != storage ]]; then
+        mount -t tmpfs -o ro,size=4k,mode=0755 storage-unreachable "$PFS"
+    fi
+    echo "$name" >/proc/sys/kernel/hostname
     echo "$pid" >"$dir/pid"                 # `up` waits for this file
     # the absolute path: sshd re-executes itself for every connection
     exec "$(command -v sshd)" -D -e -f "$dir/sshd_config"
@@ -363,7 +416,7 @@ cmd_run() {
     if ! [[ $k =~ ^[0-9]+$ ]] || (($# < 2)); then die "usage: run K CMD [ARG...]"; fi
     shift
     ((k >= 1 && k <= $(nodes_up))) || die "no node$k: the cluster has $(nodes_up) node(s) up"
-    pid=$(node_pid "$k")
+    pid=$(node_pid "node$k")
     [[ -n $pid ]] || die "node$k is not running (see $STATE/node$k/log)"
     # in a node, /tmp, /dev/shm and /run are other directories than here
     here=$(pwd -P)
@@ -381,15 +434,15 @@ cmd_run() {
 
 # ------------------------------------------------------------------------------ status
 cmd_status() {
-    local n k pid
+    local n name pid
     n=$(nodes_up)
     ((n > 0)) || { echo "no cluster up"; return 0; }
-    for ((k = 1; k <= n; k++)); do
-        pid=$(node_pid "$k")
+    for name in $(all_nodes "$n"); do
+        pid=$(node_pid "$name")
         if [[ -n $pid ]]; then
-            echo "node$k $SUBNET.$k up: sshd pid $pid, $(ip netns pids "$(node_ns "$k")" | wc -l) process(es)"
+            echo "$name $(address "$name") up: sshd pid $pid, $(ip netns pids "$(node_ns "$name")" | wc -l) process(es)"
         else
-            echo "node$k $SUBNET.$k down"
+            echo "$name $(address "$name") down"
         fi
     done
 }
@@ -403,8 +456,8 @@ cmd_down() {
         found=1
         # SIGKILL to a node's PID 1 ends its whole PID namespace; anything else still in
         # the network namespace (a `run` waiting, a node still starting) is killed by pid
-        if [[ $ns =~ -node([0-9]+)$ ]]; then
-            pid=$(node_pid "${BASH_REMATCH[1]}")
+        if [[ $ns != "$SWITCH" ]]; then
+            pid=$(node_pid "${ns#"$TAG-"}")
             [[ -z $pid ]] || kill -KILL "$pid" 2>/dev/null || true
         fi
         deadline=$((SECONDS + 10))

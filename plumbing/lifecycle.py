@@ -53,14 +53,33 @@ class Progress:
             self._last = time.monotonic()
 
 
+_run_directories: list[str] = []     # see run_directory(): results_of() watches them
+
+
+def check_reachable(path: str) -> None:
+    """Raise OSError, saying on which file system, when `path` cannot be reached any more
+    (a network file system whose server went away: "Transport endpoint is not connected")."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        from plumbing import records
+        fs = records.filesystem_of(os.path.dirname(path))
+        raise OSError(error.errno, f"the run's directory {path} cannot be reached any more "
+                      f"({error.strerror}; it is on {fs['type']} {fs['source']})") from None
+
+
 def results_of(futures: Sequence, kind: str) -> list:
     """Wait for futures, saying how many are done as they go; on the first that fails,
-    stop waiting and say which task it was."""
+    stop waiting and say which task it was. Every second, and before a task's failure is
+    reported, the run's directory is checked: where its storage went away, that is the error
+    (tasks blocked on it may fail only when Parsl's heartbeats time out, minutes later)."""
     from concurrent.futures import FIRST_EXCEPTION, wait
     progress = Progress(f"{kind}s", len(futures))
     pending = set(futures)
     while pending:
-        done, pending = wait(pending, timeout=progress.every, return_when=FIRST_EXCEPTION)
+        done, pending = wait(pending, timeout=1.0, return_when=FIRST_EXCEPTION)
+        for path in _run_directories:       # the cause, where a task failed of it
+            check_reachable(path)
         if any(future.exception() is not None for future in done):
             break
         progress.update(len(futures) - len(pending))
@@ -80,11 +99,29 @@ def run_directory(base: str, transport: str, keep: bool = False):
     # torch makes a cache folder in /tmp at the first training step; the workers, on every
     # node, inherit this, so it lives and goes with the run, also where a worker was killed
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(path, "torch")
+    _run_directories.append(path)
     try:
         yield path
     finally:
+        _run_directories.remove(path)
         if not keep:
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
+
+
+def remove_tree(path: str, patience_s: float = 10.0) -> None:
+    """Remove a directory tree, trying again for a while: on a network file system a file
+    deleted while a process still has it open stays, hidden (.nfs*, .fuse_hidden*), until
+    that process closes it, and keeps its directory from going (the workers' logs, in the
+    last seconds of the workers' shut-down)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+        if time.monotonic() > deadline:
+            log(f"warning: could not remove {path} within {patience_s:.0f} s")
+            return
+        time.sleep(0.2)
 
 
 def signal_when_parent_dies(signum: int):

@@ -75,7 +75,29 @@ class _MpiExecLauncher(MpiExecLauncher):
         if written not in out:
             raise RuntimeError("parsl_launchers: Parsl's MpiExecLauncher script changed; "
                                "cannot give it the run's host list")
-        return "\n".join(out) + "\n"
+        return "\n".join(_survive_lost_output(out)) + "\n"
+
+
+# mpiexec's output goes to files next to the submit scripts, in the run's directory. Where
+# that is on a network file system whose server goes away, a write fails, mpiexec exits, and
+# its proxies SIGKILL every manager with their multiprocessing helpers, whose semaphores then
+# stay in each node's /dev/shm. So it writes into pipes that never fail: what can no longer be
+# written is read and dropped, and the readers outlive the SIGTERM with which Parsl stops the
+# block (they end when mpiexec does), and `|| true`: the script runs under `set -e`.
+DRAIN = ["drain() { trap '' TERM INT; cat || true; cat >/dev/null; }", "set -o pipefail"]
+
+
+def _survive_lost_output(lines: list[str]) -> list[str]:
+    out = []
+    for line in lines:
+        if line.startswith("mpiexec "):
+            out += DRAIN + [f"{line} 2> >(drain >&2) | drain"]
+        else:
+            out.append(line)
+    if len(out) != len(lines) + len(DRAIN):
+        raise RuntimeError("parsl_launchers: Parsl's MpiExecLauncher script changed; "
+                           "cannot find its mpiexec line")
+    return out
 
 
 def mpi_launcher(flavour: str, hosts: list[str]) -> MpiExecLauncher:

@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import sys
 import time
 from importlib import metadata
@@ -62,6 +63,29 @@ IO_INCLUDES = {
                  "proxystore.train_* splits the store's part")
        for name, where in _STORES.items()},
 }
+
+
+# the transports whose data goes through files in --data_dir: their records say on what
+DATA_IN_FILES = {"parsl+filesystem", "parsl+proxystore-file"}
+
+
+def filesystem_of(path: str) -> dict:
+    """The file system that holds `path`, as this process's node has it mounted: its type
+    (e.g. ext4, lustre, fuse.sshfs), its source (for a network file system, the server and
+    its path) and the mount point (the one in /proc/self/mountinfo deepest above `path`)."""
+    path = os.path.realpath(path)
+    found = {"type": "unknown", "source": "unknown", "mount_point": "/"}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            # ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER_OPTIONS
+            fields, _, tail = line.partition(" - ")
+            mount_point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)),   # \040: a space
+                                 fields.split()[4])
+            inside = path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
+            if inside and len(mount_point) >= len(found["mount_point"]):
+                fs_type, source = tail.split()[:2]
+                found = {"type": fs_type, "source": source, "mount_point": mount_point}
+    return found
 
 
 class Phases:
@@ -183,6 +207,8 @@ def make_record(args: argparse.Namespace, transport: str, sims: Sequence[common.
         "peak_rss_task_max_bytes": max([s.peak_rss_bytes for s in sims]
                                        + [t.peak_rss_bytes for t in trainers], default=0),
         "integrity_ok": integrity_ok,
+        # where the files were (None: this transport keeps no data in files)
+        "data_filesystem": filesystem_of(args.data_dir) if transport in DATA_IN_FILES else None,
         "io_includes": IO_INCLUDES.get(transport, {}),
         **extra,
     }

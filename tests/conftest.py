@@ -201,6 +201,8 @@ def nothing_left(workdir):
 CLUSTER_SCRIPT = ROOT / "cluster" / "local_cluster.sh"
 CLUSTER_STATE = ROOT / "cluster" / ".state"
 AGENT = f"ssh-agent -a {CLUSTER_STATE / 'agent.sock'} "    # up starts it in node1 (cmdline)
+# up mounts the storage node's directory in every node: its sshfs, and the ssh that sshfs runs
+STORAGE_MOUNT = (f"sshfs storage:{CLUSTER_STATE / 'pfs'} ", " -- storage sftp ")
 
 
 def cluster_unavailable():
@@ -266,15 +268,17 @@ class LocalCluster:
         return json.loads(proc.stdout)
 
     def processes(self, k) -> list:
-        """Command lines of node k's processes, but the cluster's own (its sshd, PID 1; in
-        node1 the cluster's ssh-agent) and this query."""
+        """Command lines of node k's processes, but the cluster's own (its sshd, PID 1; its
+        sshfs mount of the storage node; in node1 the cluster's ssh-agent) and this query."""
         return self._in_node(k, "import json, os\nfound = []\n"
                              "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
                              "    if int(pid) in (1, os.getpid()):\n        continue\n"
                              "    try:\n        with open(f'/proc/{pid}/cmdline', 'rb') as f:\n"
                              "            found.append(f.read().replace(b'\\0', b' ').decode())\n"
                              "    except OSError:\n        pass\n"
-                             f"print(json.dumps([c for c in found if c != {AGENT!r}]))")
+                             f"print(json.dumps([c for c in found if c != {AGENT!r}\n"
+                             f"                  and not c.startswith({STORAGE_MOUNT[0]!r})\n"
+                             f"                  and {STORAGE_MOUNT[1]!r} not in c]))")
 
     def listing(self, k, directory) -> list:
         """Names in a directory as node k sees it (e.g. its own /tmp or /dev/shm)."""

@@ -19,7 +19,7 @@ from conftest import (CLUSTER_SCRIPT, CLUSTER_STATE, ROOT, TINY, cluster_command
 from test_multinode import installed_or_skip
 
 EXPORTED = {"PBS_NODEFILE", "PARSL_IFACE", "PC_DRAGON_ARGS", "PC_CLUSTER_NODES", "PC_CLUSTER_STATE",
-            "PC_CLUSTER_HOST", "SSH_AUTH_SOCK"}
+            "PC_CLUSTER_HOST", "PC_CLUSTER_PFS", "SSH_AUTH_SOCK"}
 
 
 def _lines(command) -> list:
@@ -109,8 +109,11 @@ def test_up_exports_and_down_leaves_nothing(local_cluster):
     assert exports["SSH_AUTH_SOCK"] == str(CLUSTER_STATE / "agent.sock")
     # while up, the machine's own network namespace has nothing new
     assert host_state()["links"] == before["links"]
+    assert exports["PC_CLUSTER_PFS"] == str(CLUSTER_STATE / "pfs")
     status = cluster_command("status")
-    assert [line.split()[2] for line in status.stdout.splitlines()] == ["up:"] * 3, status.stdout
+    assert [line.split()[:3] for line in status.stdout.splitlines()] == [
+        ["node1", "10.250.0.1", "up:"], ["node2", "10.250.0.2", "up:"],
+        ["node3", "10.250.0.3", "up:"], ["storage", "10.250.0.100", "up:"]], status.stdout
 
     started = time.monotonic()
     down = cluster_command("down")

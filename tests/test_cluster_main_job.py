@@ -29,8 +29,9 @@ def no_cluster(local_cluster):
 
 def test_nodes_1_2_bring_up_the_local_cluster_and_take_it_down(no_cluster, cluster_workdir):
     """NODES="1 2" on a machine without a batch system: the job brings the local cluster up,
-    runs each transport in its node1 on 1 and on 2 nodes, labels the rows of the nodes that
-    share this machine, and takes the cluster down."""
+    runs each transport in its node1 on 1 and on 2 nodes, with the files on the cluster's
+    storage node, labels the rows of the nodes that share this machine and those of files on
+    that storage, and takes the cluster down."""
     results = cluster_workdir / "results"
     env = job_env(cluster_workdir, NODES="1 2", TRANSPORTS="filesystem", GRID_SIZES="16",
                   WARMUP="0", RESULTS_DIR=str(results))
@@ -44,12 +45,16 @@ def test_nodes_1_2_bring_up_the_local_cluster_and_take_it_down(no_cluster, clust
     two = next(r for r in records if r["num_nodes"] == 2)
     assert sorted(set(two["sim_hosts"])) == ["node1", "node2"]
     assert all(r["nodes_share_machine"] and r["integrity_ok"] for r in records)
+    pfs = str(CLUSTER_STATE / "pfs")
+    assert all(r["data_filesystem"] == {"type": "fuse.sshfs", "source": f"storage:{pfs}",
+                                        "mount_point": pfs} for r in records)
+    assert all(r["data_dir"].startswith(pfs + "/") for r in records)
     table = (results / "table.md").read_text()
-    assert "| Parsl + file system | 1 | 0.000164 |" in table
-    assert "| Parsl + file system | 2 (one machine) | 0.000164 |" in table
+    assert "| Parsl + file system [sshfs from storage] | 1 | 0.000164 |" in table
+    assert "| Parsl + file system [sshfs from storage] | 2 (one machine) | 0.000164 |" in table
     assert "the N nodes were Linux namespaces of one machine" in table
     assert (results / "logs" / "filesystem-4x16-2n.log").exists()
-    assert not (results / "data").exists()                 # empty at the end, so removed
+    assert not (results / "data").exists()                 # the data went to the storage node
     assert cluster_namespaces() == [] and not CLUSTER_STATE.exists()
     assert leftover_processes(cluster_workdir) == []
 
@@ -67,6 +72,9 @@ def test_nodes_use_a_local_cluster_that_is_up(local_cluster, cluster_workdir):
     assert [run.split("--num_nodes ")[1].split()[0] for run in runs] == ["1", "2"]
     assert all(run.startswith("would run: bash cluster/local_cluster.sh run 1 python "
                               "6_parsl_fs_producer_consumer.py") for run in runs), runs
+    # the files go to the cluster's storage node, a directory of the job's own there
+    data_dir = f"{cluster.exports['PC_CLUSTER_PFS']}/{proc.stdout.split()[1]}"
+    assert all(f" --data_dir {data_dir} " in run for run in runs), runs
     # a results directory the nodes cannot see: one line, before anything runs
     elsewhere = run_script(["bash", ROOT / JOB], cwd=cluster_workdir,
                            env=dict(env, RESULTS_DIR="/tmp/pc-results-x"), timeout=60)
@@ -77,8 +85,10 @@ def test_nodes_use_a_local_cluster_that_is_up(local_cluster, cluster_workdir):
 def test_ctrl_c_takes_the_jobs_own_cluster_down(no_cluster, cluster_workdir):
     """^C while a run of NODES="1 2" is simulating in node1: the run cleans up, the job stops
     with 130 and the local cluster it brought up is gone."""
+    # DATA_DIR given (the storage node's files go with the cluster): the run removed its own
     env = job_env(cluster_workdir, NODES="1 2", TRANSPORTS="filesystem", GRID_SIZES="16",
-                  WARMUP="0", COMPUTE_TIME="1", RESULTS_DIR=str(cluster_workdir / "results"))
+                  WARMUP="0", COMPUTE_TIME="1", RESULTS_DIR=str(cluster_workdir / "results"),
+                  DATA_DIR=str(cluster_workdir / "results" / "data"))
     text = ctrl_c_at_a_terminal(cluster_workdir, env, timeout=300)
     assert "interrupted during filesystem on 1 node(s) at 4 x 16^2" in text
     assert os.listdir(cluster_workdir / "results" / "data") == []

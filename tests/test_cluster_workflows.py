@@ -113,6 +113,19 @@ def start(cluster, argv, workdir) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def struck(proc, ready: str, strike) -> tuple[str, str, float]:
+    """Once the run says `ready`, strike(); then the run's output when it has ended (within
+    60 s), and how long after the strike it ended. The run is killed on the way out."""
+    try:
+        wait_for_line(proc, ready, timeout=300)
+        strike()
+        started = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        return out, err, time.monotonic() - started
+    finally:
+        proc.kill()
+
+
 # the simulations take 16 x 2 s / (2 nodes x 2 workers) = 8 s: time to strike
 SLOW = ["--num_sims", 16, "--num_trainers", 2, "--compute_time", "0.2"]
 # processes are named by dragon_setup.reporting and parsl_setup's warm-up
@@ -126,8 +139,8 @@ WORKERS_ON_NODE_2 = {DDICT: "^pc: simulator", FS: "^pc: simulators worker"}
 def test_a_run_struck_across_nodes_ends_clearly_and_cleans_up_every_node(
         two, cluster_workdir, script, strike):
     proc = start(two, [script, *run_args(cluster_workdir, *SLOW)], cluster_workdir)
-    try:
-        wait_for_line(proc, "ready after" if script == DDICT else "warm after", timeout=300)
+
+    def strike_it():
         if strike.startswith("Ctrl-C"):
             time.sleep(1)
             proc.send_signal(signal.SIGINT)     # `run` passes it on to the head in node 1
@@ -135,11 +148,7 @@ def test_a_run_struck_across_nodes_ends_clearly_and_cleans_up_every_node(
             killed = two.run(2, ["pkill", "-KILL", "-f", WORKERS_ON_NODE_2[script]],
                              cwd=cluster_workdir, timeout=60)
             assert killed.returncode == 0, "no worker to kill on node 2"
-        started = time.monotonic()
-        out, err = proc.communicate(timeout=60)
-        ended_s = time.monotonic() - started
-    finally:
-        proc.kill()
+    out, err, ended_s = struck(proc, "ready after" if script == DDICT else "warm after", strike_it)
     print(f"{script}: ended {ended_s:.1f} s after the {strike}")
     if strike.startswith("Ctrl-C"):
         assert proc.returncode == 130, out + err

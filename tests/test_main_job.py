@@ -4,6 +4,7 @@ import os
 import pty
 import select
 import signal
+import subprocess
 import shutil
 import time
 
@@ -33,7 +34,7 @@ def job_env(tmp_path, **settings):
     for name in ("PBS_NODEFILE", "PBS_JOBID", "PBS_ENVIRONMENT", "PBS_O_WORKDIR", "SLURM_JOB_ID",
                  "SLURM_JOB_NODELIST", "SLURM_JOB_NUM_NODES", "SLURM_SUBMIT_DIR", "NODES",
                  "PARSL_IFACE", "PC_DRAGON_ARGS", "PC_CLUSTER_NODES", "PC_CLUSTER_STATE",
-                 "PC_CLUSTER_HOST"):
+                 "PC_CLUSTER_HOST", "PC_CLUSTER_PFS"):
         env.pop(name, None)
     env.update(RESULTS_DIR=str(tmp_path / "results"), NUM_SIMS="4", GRID_SIZES="16 24",
                COMPUTE_TIME="0")
@@ -66,8 +67,14 @@ def test_main_job_fills_the_table_for_every_transport(tmp_path):
     rows = [line for line in table.splitlines()[3:] if line.startswith("| ") and " / " in line
             and line.count("|") == 6]
     assert len(rows) == len(transports)
-    for transport in transports:
-        assert sum(row.startswith(f"| {NAMES[transport]} | 1 | 0.000164 |") for row in rows) == 1
+    for r in records:
+        # the transports that keep their data in files say on which file system: this one's
+        where = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(tmp_path)],
+                               capture_output=True, text=True).stdout.strip()
+        in_files = r["transport"] in ("parsl+filesystem", "parsl+proxystore-file")
+        assert (r["data_filesystem"] or {}).get("type") == (where if in_files else None)
+        name = NAMES[r["transport"]] + (f" [{where}]" if in_files else "")
+        assert sum(row.startswith(f"| {name} | 1 | 0.000164 |") for row in rows) == 1
 
     for name in ("io_vs_size.png", "time_breakdown.png"):
         assert (results / name).stat().st_size > 10_000

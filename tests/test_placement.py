@@ -84,6 +84,33 @@ def test_the_run_order_of_hosts_not_the_sorted_one():
     assert "printf '%s\\n' x3 x1 > $HOSTFILE" in script
 
 
+def test_mpiexec_outlives_output_files_that_cannot_be_written(tmp_path):
+    """The block's script writes mpiexec's output to files in the run's directory; where a
+    storage node died, writes there fail. mpiexec (here a Python writer in its place, its
+    files /dev/full) must still run to its end and exit 0: a writer that dies of it would
+    make Hydra SIGKILL every manager."""
+    import subprocess
+    import sys
+    from plumbing import parsl_launchers
+    script = parsl_launchers.mpi_launcher("hydra", ["x1", "x2"])("CMD", 1, 2)
+    [line] = [line for line in script.splitlines() if line.startswith("mpiexec ")]
+    assert line.endswith(" 2> >(drain >&2) | drain")
+    assert all(part in script.splitlines() for part in parsl_launchers.DRAIN)
+    writer = (f"{sys.executable} -c 'import sys\nfor _ in range(50):\n"
+              f"    sys.stdout.write(\"x\" * 99999 + \"\\n\"); sys.stderr.write(\"y\" * 99999 + \"\\n\")'")
+
+    def run(command):
+        done = tmp_path / "done"
+        done.unlink(missing_ok=True)
+        with open("/dev/full", "w") as full:
+            status = subprocess.run(["bash", "-c", "\n".join(["set -e", *parsl_launchers.DRAIN,
+                                                                 command, f"touch {done}"])],
+                                    stdout=full, stderr=full, timeout=60).returncode
+        return status, done.exists()
+    assert run(f"{writer} 2> >(drain >&2) | drain") == (0, True)
+    assert run(writer)[0] != 0                  # as Parsl wrote it: the writer fails
+
+
 @pytest.mark.parametrize("script", ["6_parsl_fs_producer_consumer.py",
                                     "5_parsl_fut_producer_consumer.py",
                                     "8_dragon_producer_consumer.py"])

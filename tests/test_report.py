@@ -151,3 +151,33 @@ def test_breakdown_parts_add_up_to_the_run():
     assert parts[2] == pytest.approx(0.233 + 1.194)            # transfer = both IO means
     assert sum(parts) == pytest.approx(r["startup_s"] + r["sim_run_s"] + r["train_run_s"]
                                        + r["shutdown_s"])
+
+
+def test_rows_of_transports_with_files_name_the_file_system():
+    """The record's data_filesystem labels the row: a network one with its server."""
+    sshfs = {"type": "fuse.sshfs", "source": "storage:/r/cluster/.state/pfs", "mount_point": "/x"}
+    lustre = {"type": "lustre", "source": "10.140.0.10@o2ib:/eagle", "mount_point": "/eagle"}
+    local = {"type": "ext4", "source": "/dev/vda", "mount_point": "/"}
+    names = [report.implementation(record("parsl+filesystem", data_filesystem=fs))
+             for fs in (sshfs, lustre, local, None)]
+    assert names == ["Parsl + file system [sshfs from storage]",
+                     "Parsl + file system [lustre from 10.140.0.10@o2ib]",
+                     "Parsl + file system [ext4]", "Parsl + file system"]
+    rows = report.homework_rows([record("parsl+proxystore-file", data_filesystem=sshfs),
+                                 record("dragon+ddict", data_filesystem=None)])
+    assert rows[0].startswith("| DragonHPC + DDict | 1 |")
+    assert rows[1].startswith("| Parsl + ProxyStore (file) [sshfs from storage] | 1 |")
+
+
+@pytest.mark.parametrize("path", ["/", "/proc/self", "/dev/shm", "/sys/kernel", "."])
+def test_the_file_system_of_a_path_is_the_one_findmnt_names(path):
+    """records.filesystem_of, against util-linux's findmnt on the same path."""
+    import subprocess
+    from plumbing import records
+    out = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE,TARGET", "--target", path],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"findmnt cannot tell: {out.stderr.strip()}")
+    fs_type, source, target = out.stdout.splitlines()[-1].split(maxsplit=2)
+    assert records.filesystem_of(path) == {"type": fs_type, "source": source,
+                                           "mount_point": target}

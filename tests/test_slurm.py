@@ -230,7 +230,11 @@ def test_main_job_under_sbatch_runs_on_both_nodes(slurm, cluster_workdir):
                 assert r["hosts"] == ["node1", "node2"]
         names = {"dragon+ddict": "DragonHPC + DDict", "parsl+filesystem": "Parsl + file system",
                  "parsl+futures": "Parsl + futures"}
-        for name in (names[t] for t in transports):
+        for r in records:
+            # the file system's runs say where their files were: DATA_DIR, on the repository's disk
+            where = r["data_filesystem"]
+            name = names[r["transport"]] + (f" [{where['type']}]" if where else "")
+            assert (where is not None) == (r["transport"] == "parsl+filesystem")
             assert f"| {name} | 2 (one machine) | 0.000164 |" in table
         assert not (cluster_workdir / "data").exists()      # empty, so the job removed it
     finally:
