@@ -83,6 +83,7 @@ def relaunch_under_dragon(script: str, argv: list[str], args=None) -> None:
     # which fails (EPERM) in a session leader, and the launcher then waits forever
     fewer = args is not None and args.num_nodes < args.available_nodes
     nodes = ["-N", str(args.num_nodes)] if fewer else []
+    pools_before = set(os.listdir(SHM))
     launcher = subprocess.Popen([sys.executable, "-m", "dragon", *launch_plan()[0], *nodes,
                                  os.path.abspath(script), *argv], env=env, process_group=0,
                                 preexec_fn=lifecycle.signal_when_parent_dies(signal.SIGINT))
@@ -100,6 +101,8 @@ def relaunch_under_dragon(script: str, argv: list[str], args=None) -> None:
     signal.signal(signal.SIGTERM, forward)
     try:
         status = launcher.wait()
+        if status < 0:
+            launcher_crashed(script, signal.Signals(-status), pools_before)
         try:                                        # written by the head (run_workflow)
             with open(os.path.join(control, STATUS)) as f:
                 status = int(f.read())
@@ -116,6 +119,43 @@ def relaunch_under_dragon(script: str, argv: list[str], args=None) -> None:
     finally:
         shutil.rmtree(control, ignore_errors=True)
     sys.exit(status if status >= 0 else 128 - status)
+
+
+SHM = "/dev/shm"
+
+
+def launcher_crashed(script: str, killed_by: signal.Signals, pools_before: set) -> None:
+    """Dragon's launcher died of a signal (Dragon 0.15's crashed with SIGSEGV, rarely, under
+    load, taking the head's buffered output with it, and left its runtime's pools): say so in
+    one line, and remove Dragon's pools in this node's /dev/shm that appeared since the launch
+    and that no process maps any more (another run's pools are mapped, so they stay)."""
+    from dragon.infrastructure.facts import DEFAULT_POOL_NAME_BASE
+    # Dragon's memory library names a pool's two files "D" + the pool's name + "M" or "D";
+    # the runtime's and the DDict's pool names start with DEFAULT_POOL_NAME_BASE
+    new = {name for name in set(os.listdir(SHM)) - pools_before
+           if name.startswith("D" + DEFAULT_POOL_NAME_BASE)}
+    removed = []
+    for name in sorted(new - _mapped_in(SHM)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(SHM, name))
+            removed.append(name)
+    print(f"{os.path.basename(script)}: error: Dragon's launcher died of {killed_by.name} "
+          f"(a crash of DragonHPC itself; the head's output may be lost with it); removed "
+          f"{len(removed)} file(s) of its pools from {SHM}", file=sys.stderr, flush=True)
+
+
+def _mapped_in(directory: str) -> set:
+    """Names of the files in `directory` that some process of this node maps."""
+    mapped = set()
+    prefix = directory.rstrip("/") + "/"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    path = line.rstrip("\n").split(maxsplit=5)[5:]
+                    if path and path[0].startswith(prefix):
+                        mapped.add(path[0][len(prefix):].split(" (deleted)")[0])
+    return mapped
 
 
 def link_head_to_launcher(interrupts: bool = True) -> None:

@@ -3,6 +3,7 @@ config, Dragon's placement policies, the refusal of more trainers than GPUs (bot
 before anything starts), and the check that fails a run whose trainers did not get a GPU
 each. The GPU count is set the one way both engines ask for it: $PC_GPUS_PER_NODE."""
 import itertools
+import os
 
 import pytest
 
@@ -186,3 +187,41 @@ def test_an_ssh_launch_tells_dragons_clean_up_its_nodes(monkeypatch, tmp_path, d
         assert env == {"DRAGON_RUN_NODEFILE": expected.format(dir=tmp_path)}
     else:
         assert open(env["DRAGON_RUN_NODEFILE"]).read() == expected
+
+
+def test_a_crashed_launcher_is_named_and_only_its_unused_ddict_pools_go(capsys):
+    """dragon_launch.launcher_crashed, on real files in /dev/shm: of Dragon's pool files made
+    since the launch, the one no process maps goes; one that a live process maps (another
+    run's), one from before the launch and a file of another name stay."""
+    import signal
+    import subprocess
+    import sys
+    from plumbing import dragon_launch
+    tag = f"pctest{os.getpid()}"
+    names = {k: f"{prefix}{tag}{k}" for k, prefix in
+             (("old", "DD"), ("unused", "DD"), ("mapped", "DD"), ("other", "xx"))}
+    paths = {k: os.path.join("/dev/shm", name) for k, name in names.items()}
+    with open(paths["old"], "wb") as f:
+        f.write(b"\0" * 4096)
+    before = set(os.listdir("/dev/shm"))
+    for k in ("unused", "mapped", "other"):
+        with open(paths[k], "wb") as f:
+            f.write(b"\0" * 4096)
+    holder = subprocess.Popen([sys.executable, "-c", "import mmap, sys, time\n"
+                               "f = open(sys.argv[1], 'r+b'); m = mmap.mmap(f.fileno(), 4096)\n"
+                               "print('mapped', flush=True); time.sleep(60)", paths["mapped"]],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "mapped\n"
+        dragon_launch.launcher_crashed("8_dragon_producer_consumer.py", signal.SIGSEGV, before)
+        left = {k for k, path in paths.items() if os.path.exists(path)}
+        assert left == {"old", "mapped", "other"}
+        [line] = capsys.readouterr().err.splitlines()
+        assert line.startswith("8_dragon_producer_consumer.py: error: Dragon's launcher died "
+                               "of SIGSEGV") and "removed 1 file(s) of its pools" in line
+    finally:
+        holder.kill()
+        holder.wait()
+        for path in paths.values():
+            if os.path.exists(path):
+                os.unlink(path)
