@@ -83,7 +83,9 @@ node_pid() {
     pid=$(cat "$STATE/$1/pid" 2>/dev/null) || return 0
     [[ $pid =~ ^[0-9]+$ ]] || return 0
     cmdline=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || return 0
-    # it names this node's sshd_config (or this script, before it becomes sshd)
+    cmdline=${cmdline% }                    # each argument ends with a NUL, the last one too
+    # it names this node's sshd_config (or this script, before it becomes sshd: the pid file
+    # is written just before, and under load `up` may look in between)
     if [[ $cmdline == *"$STATE/$1/"* || $cmdline == *"$HERE/local_cluster.sh _node $1" ]]; then
         echo "$pid"
     fi

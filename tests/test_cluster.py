@@ -367,3 +367,28 @@ def test_parsl_workflow_runs_on_every_node(three, cluster_workdir, script):
     while (three.leftovers() or leftover_processes(cluster_workdir)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert three.leftovers() == {} and leftover_processes(cluster_workdir) == []
+
+
+def test_a_node_is_known_by_its_pid_before_it_becomes_sshd(tmp_path):
+    """local_cluster.sh's node_pid: between writing its pid file and becoming sshd, a node is
+    `bash .../local_cluster.sh _node NAME`; under load `up` looks in that moment (a fresh CI
+    saw "node1 stopped" for a node that was fine)."""
+    here, state = tmp_path / "cluster", tmp_path / "cluster" / ".state"
+    (state / "node1").mkdir(parents=True)
+    (here / "local_cluster.sh").write_text("sleep 30\n")
+    node = subprocess.Popen(["bash", str(here / "local_cluster.sh"), "_node", "node1"])
+    try:
+        deadline = time.monotonic() + 10
+        while b"_node" not in pathlib.Path(f"/proc/{node.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        (state / "node1" / "pid").write_text(f"{node.pid}\n")
+        function = subprocess.run(["sed", "-n", "/^node_pid()/,/^}/p", str(CLUSTER_SCRIPT)],
+                                  capture_output=True, text=True, check=True).stdout
+        found = subprocess.run(["bash", "-c", f"{function}\nnode_pid node1; node_pid node2"],
+                               env=dict(os.environ, HERE=str(here), STATE=str(state)),
+                               capture_output=True, text=True, timeout=30)
+        assert found.stdout == f"{node.pid}\n", found
+    finally:
+        node.kill()
+        node.wait()
