@@ -82,7 +82,8 @@ def storage(record: dict) -> str:
 def transport_name(record: dict) -> str:
     """The spec's name of the transport, with the file system its files were on."""
     name = IMPLEMENTATIONS.get(record["transport"], record["transport"])
-    return f"{name} [{storage(record)}]" if storage(record) else name
+    where = storage(record)
+    return f"{name} [{where}]" if where else name
 
 
 def implementation(record: dict) -> str:

@@ -37,6 +37,7 @@ LAUNCHED_AT_ENV = "PC_LAUNCHED_AT"   # time.time() when a script restarted itsel
 CONTROL_ENV = "PC_DRAGON_CONTROL"   # a folder the launching process and the head share
 HEAD_UP, INTERRUPT, STATUS = "head-up", "interrupt", "exit-status"    # files in it
 NET_CONF_SALT_ENV = "DRAGON_NET_CONF_CACHE_SALT"
+SHM = "/dev/shm"                     # where Dragon's pools (and the DDict's) live on a node
 
 
 def in_runtime() -> bool:
@@ -119,9 +120,6 @@ def relaunch_under_dragon(script: str, argv: list[str], args=None) -> None:
     finally:
         shutil.rmtree(control, ignore_errors=True)
     sys.exit(status if status >= 0 else 128 - status)
-
-
-SHM = "/dev/shm"
 
 
 def launcher_crashed(script: str, killed_by: signal.Signals, pools_before: set) -> None:
@@ -362,10 +360,10 @@ def _more_checks(parser, args) -> None:
         parser.error(f"{ddict_io.DDICT_BYTES_ENV}={fixed!r}: give the DDict's size in bytes, "
                      f"at least {ddict_io.MIN_PER_MANAGER}")
     on_busiest_node = ddict_io.busiest_node_bytes(args)
-    shm_free = shutil.disk_usage("/dev/shm").free
+    shm_free = shutil.disk_usage(SHM).free
     if on_busiest_node > shm_free:
         parser.error(f"arguments --num_sims/--grid_size: the DDict needs "
-                     f"{on_busiest_node / GB:.1f} GB of /dev/shm on a node, but only "
+                     f"{on_busiest_node / GB:.1f} GB of {SHM} on a node, but only "
                      f"{shm_free / GB:.1f} GB are free")
     try:
         dragon_fixes.fixes_setting()
