@@ -228,6 +228,7 @@ class TrainReport:
     gpu_uuid: str = ""          # the GPU it trained on, as CUDA names it ("" on the CPU)
     gpu_name: str = ""
     host_gpus: int = 0          # gpus_per_node() on the trainer's host
+    cpu_threads: int = 0        # torch's threads on the CPU (0: trained on a GPU)
 
 
 def pick_device() -> torch.device:
@@ -290,7 +291,8 @@ def train(data: TrainingData, rank: int, kernel_size: int, io_s: float,
                        samples=len(inputs), io_s=io_s, check_s=data.check_s, train_s=train_s,
                        loss=loss, peak_rss_bytes=peak_rss_bytes(),
                        gpu=os.environ.get("CUDA_VISIBLE_DEVICES", ""), gpu_uuid=uuid,
-                       gpu_name=name, host_gpus=gpus_per_node())
+                       gpu_name=name, host_gpus=gpus_per_node(),
+                       cpu_threads=torch.get_num_threads() if device.type == "cpu" else 0)
 
 
 def kernel_size_for(rank: int, kernel_sizes: Sequence[int]) -> int:

@@ -27,7 +27,7 @@ from dragon.native.queue import Queue
 from dragon.utils import host_id
 
 from plumbing import ddict_io, lifecycle
-from plumbing.hosts import gpus_per_node
+from plumbing.hosts import cores_per_node, gpus_per_node
 from plumbing.records import GB
 
 STARTUP_TIMEOUT_S = 600     # every process imports torch and attaches to the DDict
@@ -124,7 +124,7 @@ class Workflow:
                       for n in self.nodes]
         self.trainer_policies = trainer_policies([n.hostname for n in self.nodes],
                                                  args.num_trainers, gpus_per_node())
-        cpus = min(n.num_cpus for n in self.nodes)
+        cpus = cores_per_node(min(n.num_cpus for n in self.nodes), len(self.nodes))
         self.sims_per_node = min(-(-args.num_sims // len(self.nodes)), cpus)
         self.num_sim_workers = self.sims_per_node * len(self.nodes)
         trainers_on = Counter(p.host_name for p in self.trainer_policies)

@@ -265,9 +265,9 @@ def workflow(run_dir: str, num_sims: int, num_trainers: int, num_nodes: int | No
     worker per core and per simulation on each node; trainers are spread evenly over the
     nodes, one per GPU where there are GPUs.
     """
-    layout = Layout.plan(allocation.node_hosts()[:num_nodes], num_sims, num_trainers,
-                         allocation.gpus_per_node(), os.cpu_count() or 1)
-    hosts = layout.hosts
+    hosts = allocation.node_hosts()[:num_nodes]
+    layout = Layout.plan(hosts, num_sims, num_trainers, allocation.gpus_per_node(),
+                         allocation.cores_per_node(os.cpu_count() or 1, len(hosts)))
     config = make_config(run_dir, layout.sim_workers, layout.trainer_workers, layout.gpus,
                          hosts=hosts)
     try:

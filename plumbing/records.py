@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 import common
+from plumbing.hosts import shared_machine
 
 GB = 1e9                        # every "GB" printed is 10^9 bytes
 
@@ -169,8 +170,7 @@ def make_record(args: argparse.Namespace, transport: str, sims: Sequence[common.
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "num_nodes": len(hosts),
         "hosts": list(hosts),
-        # the machine that the nodes of cluster/local_cluster.sh share (None: real nodes)
-        "nodes_share_machine": os.environ.get("PC_CLUSTER_HOST"),
+        "nodes_share_machine": shared_machine(),      # None: real nodes
         "num_sims": args.num_sims,
         "grid_size": args.grid_size,
         "steps_per_sim": common.STEPS,
@@ -181,6 +181,7 @@ def make_record(args: argparse.Namespace, transport: str, sims: Sequence[common.
         "devices": [t.device + (f" (CUDA_VISIBLE_DEVICES={t.gpu})" if t.gpu else "")
                     for t in trainers],
         "trainer_gpus": [gpu_facts(t) for t in trainers],
+        "trainer_cpu_threads": [t.cpu_threads for t in trainers],
         "devices_ok": devices_problem is None,
         "devices_problem": devices_problem,
         "trainer_hosts": [t.host for t in trainers],

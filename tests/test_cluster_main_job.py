@@ -44,6 +44,8 @@ def test_nodes_1_2_bring_up_the_local_cluster_and_take_it_down(no_cluster, clust
         (1, ("node1",)), (2, ("node1", "node2"))]
     two = next(r for r in records if r["num_nodes"] == 2)
     assert sorted(set(two["sim_hosts"])) == ["node1", "node2"]
+    # the two nodes share this machine's cores: one trainer each, half the cores each
+    assert two["trainer_cpu_threads"] == [max(1, os.cpu_count() // 2)] * 2
     assert all(r["nodes_share_machine"] and r["integrity_ok"] for r in records)
     pfs = str(CLUSTER_STATE / "pfs")
     assert all(r["data_filesystem"] == {"type": "fuse.sshfs", "source": f"storage:{pfs}",

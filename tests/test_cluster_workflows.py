@@ -62,6 +62,8 @@ def check_two_node_record(record, nodes, trainers_per_node, broadcast=False):
     assert record["integrity_ok"] is True and record["num_nodes"] == 2
     assert sorted(record["hosts"]) == nodes
     assert record["nodes_share_machine"]                        # labelled as one machine
+    # the 2 nodes divide the machine's cores: torch threads never outnumber them
+    assert sum(record["trainer_cpu_threads"]) <= max(os.cpu_count(), record["num_trainers"])
     assert sorted(set(record["sim_hosts"])) == nodes
     assert Counter(record["trainer_hosts"]) == {node: trainers_per_node for node in nodes}
     ddict = record["ddict"]

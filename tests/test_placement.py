@@ -70,6 +70,20 @@ def test_parsl_gives_each_node_one_trainer_worker_per_gpu(nodes, gpus, tmp_path,
         assert "sort -u" not in script and "-n $WORKERCOUNT" in script
 
 
+@pytest.mark.parametrize("machine", ["vm", None])
+def test_nodes_sharing_one_machine_divide_its_cores(machine, monkeypatch):
+    from plumbing import hosts
+    if machine:
+        monkeypatch.setenv(hosts.SHARED_MACHINE_ENV, machine)
+    else:
+        monkeypatch.delenv(hosts.SHARED_MACHINE_ENV, raising=False)
+    assert hosts.shared_machine() == machine
+    cases = {(2, 1): 2, (2, 2): 1, (2, 3): 1, (16, 4): 4, (64, 1): 64}
+    for (cores, nodes), shared in cases.items():
+        # real nodes (no machine named) keep their own cores, whatever their number
+        assert hosts.cores_per_node(cores, nodes) == (shared if machine else cores)
+
+
 @pytest.mark.parametrize("nodes,gpus", [(1, 1), (1, 4), (2, 4), (4, 2)])
 def test_parsl_layout_refuses_more_trainers_per_node_than_gpus(nodes, gpus):
     from plumbing import parsl_setup
