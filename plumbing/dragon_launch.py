@@ -83,7 +83,7 @@ def relaunch_under_dragon(script: str, argv: list[str], args=None) -> None:
     # a process group of its own, not a session: Dragon's local services call setpgid(0, 0),
     # which fails (EPERM) in a session leader, and the launcher then waits forever
     fewer = args is not None and args.num_nodes < args.available_nodes
-    nodes = ["-N", str(args.num_nodes)] if fewer else []
+    nodes = first_nodes_args(args.num_nodes, control) if fewer else []
     pools_before = set(os.listdir(SHM))
     launcher = subprocess.Popen([sys.executable, "-m", "dragon", *launch_plan()[0], *nodes,
                                  os.path.abspath(script), *argv], env=env, process_group=0,
@@ -225,6 +225,31 @@ def cleanup_hosts_env(folder: str) -> dict:
             f.write("\n".join(options["hostlist"]) + "\n")
         return {"DRAGON_RUN_NODEFILE": path}
     return {}
+
+
+def first_nodes_args(count: int, folder: str) -> list[str]:
+    """Launcher options, after $PC_DRAGON_ARGS, that start the runtime on `count` nodes: for
+    an ssh launch the first `count` of its hosts (a host file of them, written into
+    `folder`), so that a 1-node run is on the node it was started on. Dragon 0.15 keeps an
+    ssh launch's hosts in a set and `-N` takes any `count` of them (a 1-node run started
+    on node1 of the local cluster ran on node2). Elsewhere `-N count`."""
+    try:
+        options = launch_options()
+    except ValueError:
+        options = {}
+    hosts = list(options.get("hostlist") or [])
+    if not hosts and options.get("hostfile"):
+        with open(options["hostfile"]) as f:
+            hosts = [line.strip() for line in f if line.strip()]
+    if str(options.get("wlm")) != "ssh" or not hosts:
+        return ["-N", str(count)]
+    first = list(dict.fromkeys(hosts))[:count]
+    if options.get("hostlist"):             # the same option again: the last one counts
+        return ["--hostlist", ",".join(first)]
+    path = os.path.join(folder, "first-hosts")
+    with open(path, "w") as f:
+        f.write("\n".join(first) + "\n")
+    return ["--hostfile", path]
 
 
 def launch_plan() -> tuple[list[str], int]:

@@ -107,6 +107,18 @@ def test_ddict_workflow_uses_every_node(two, cluster_workdir, launch):
     nothing_left_on(two, cluster_workdir)
 
 
+def test_one_node_of_two_is_the_node_it_was_started_on(two, cluster_workdir):
+    """--num_nodes 1 on the 2-node cluster: the whole run is on node1, where it was started
+    (Dragon's own -N took either node: 1-node rows of the main job came from node2)."""
+    proc = two.run(1, [DDICT, *run_args(cluster_workdir, "--num_nodes", 1, "--num_sims", 4)],
+                   cwd=cluster_workdir, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [record] = read_records(cluster_workdir / "r.jsonl")
+    assert record["hosts"] == ["node1"] and record["ddict"]["manager_hosts"] == ["node1"]
+    assert set(record["trainer_hosts"]) == set(record["sim_hosts"]) == {"node1"}
+    nothing_left_on(two, cluster_workdir)
+
+
 def start(cluster, argv, workdir) -> subprocess.Popen:
     """`local_cluster.sh run 1 python SCRIPT ARGS` in the background, its output piped."""
     env = dict(cluster.env, PC_TEST_RUN=str(workdir))

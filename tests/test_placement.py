@@ -203,6 +203,28 @@ def test_an_ssh_launch_tells_dragons_clean_up_its_nodes(monkeypatch, tmp_path, d
         assert open(env["DRAGON_RUN_NODEFILE"]).read() == expected
 
 
+@pytest.mark.parametrize("dragon_args", ["-t hsta --wlm ssh --hostfile {dir}/nodes.txt",
+                                         "--wlm ssh --hostlist node3,node1,node2", "-t tcp"])
+@pytest.mark.parametrize("count", [1, 2])
+def test_fewer_nodes_are_the_first_of_an_ssh_launchs_hosts(monkeypatch, tmp_path, dragon_args,
+                                                            count):
+    """dragon_launch.first_nodes_args, read by Dragon's own launcher parser after
+    $PC_DRAGON_ARGS: an ssh launch gets exactly its first `count` hosts (Dragon's -N would
+    take any of them); other launches get -N."""
+    from dragon.launcher import launchargs
+    from plumbing import dragon_launch
+    (tmp_path / "nodes.txt").write_text("node3\nnode1\nnode2\n")
+    monkeypatch.setenv("PC_DRAGON_ARGS", dragon_args.format(dir=tmp_path))
+    extra = dragon_launch.first_nodes_args(count, str(tmp_path))
+    options = launchargs.get_args([*dragon_launch.launch_args(), *extra, "script.py"])
+    if "ssh" not in dragon_args:
+        assert extra == ["-N", str(count)] and options["node_count"] == count
+        return
+    assert "node_count" not in options or not options["node_count"]
+    hosts = options.get("hostlist") or (tmp_path / "first-hosts").read_text().split()
+    assert hosts == ["node3", "node1"][:count]
+
+
 def test_a_crashed_launcher_is_named_and_only_its_unused_ddict_pools_go(capsys):
     """dragon_launch.launcher_crashed, on real files in /dev/shm: of Dragon's pool files made
     since the launch, the one no process maps goes; one that a live process maps (another
