@@ -227,6 +227,16 @@ def cleanup_hosts_env(folder: str) -> dict:
     return {}
 
 
+def listed_hosts(options: dict) -> list[str]:
+    """The hosts the launcher's options name (--hostlist, or --hostfile's lines); [] if none."""
+    if options.get("hostlist"):
+        return list(options["hostlist"])
+    if options.get("hostfile"):
+        with open(options["hostfile"]) as f:
+            return [line.strip() for line in f if line.strip()]
+    return []
+
+
 def first_nodes_args(count: int, folder: str) -> list[str]:
     """Launcher options, after $PC_DRAGON_ARGS, that start the runtime on `count` nodes: for
     an ssh launch the first `count` of its hosts (a host file of them, written into
@@ -237,10 +247,7 @@ def first_nodes_args(count: int, folder: str) -> list[str]:
         options = launch_options()
     except ValueError:
         options = {}
-    hosts = list(options.get("hostlist") or [])
-    if not hosts and options.get("hostfile"):
-        with open(options["hostfile"]) as f:
-            hosts = [line.strip() for line in f if line.strip()]
+    hosts = listed_hosts(options)
     if str(options.get("wlm")) != "ssh" or not hosts:
         return ["-N", str(count)]
     first = list(dict.fromkeys(hosts))[:count]
@@ -266,10 +273,7 @@ def launch_plan() -> tuple[list[str], int]:
     options = launch_options()
     if options.get("single_node_override"):
         return options_given, 1
-    hosts = options.get("hostlist") or []
-    if options.get("hostfile"):
-        with open(options["hostfile"]) as f:
-            hosts = [line.strip() for line in f if line.strip()]
+    hosts = listed_hosts(options)
     if not hosts:
         try:
             wlm = detect_wlm(str(options.get("wlm") or "") or None)
