@@ -56,8 +56,9 @@ node_ns() { echo "$TAG-$1"; }
 # folder (`dragon-config add --tcp-runtime` writes it there, for every run of the
 # environment). The nodes see instead the cluster's own copy, bound over that folder in
 # their mount namespaces: HSTA's TCP back end on this cluster only (libfabric's providers
-# here do not work with HSTA), and nothing changes outside the nodes but an empty folder,
-# made if the environment had none and removed by down.
+# here do not work with HSTA), and nothing changes outside the nodes but a folder holding
+# only the file MADE_MARK, made if the environment had none and removed by the last down.
+MADE_MARK=.made-by-local-cluster
 hsta_config() {
     local python=$REPO/.venv/bin/python dragon
     [[ -x $python ]] || python=python3
@@ -66,11 +67,16 @@ print(os.path.dirname(s.origin) if s and s.origin else "")' 2>/dev/null) || drag
     [[ -n $dragon ]] || return 0            # no Dragon: nothing to configure
     mkdir "$STATE/hsta-config"
     echo '{"tcp_runtime": true}' >"$STATE/hsta-config/dragon-config.json"
-    if [[ ! -d $dragon/.hsta-config ]]; then
-        mkdir "$dragon/.hsta-config"
-        echo "$dragon/.hsta-config" >"$STATE/hsta_config_made"
+    local folder=$dragon/.hsta-config
+    echo "$folder" >"$STATE/hsta_config_dir"    # before mkdir: a failed up's down finds it
+    # mkdir alone decides whether a cluster made it (a test first, then mkdir, failed in CI
+    # with "File exists": the folder appeared in between); the mark is in the folder, not
+    # in this cluster's state, as another clone's cluster may be using it when this goes
+    if mkdir "$folder" 2>/dev/null; then
+        : >"$folder/$MADE_MARK"
+    elif [[ ! -d $folder ]]; then
+        die "cannot use Dragon's configuration folder: $(ls -ld "$folder" 2>&1)"
     fi
-    echo "$dragon/.hsta-config" >"$STATE/hsta_config_dir"
 }
 
 # the single-quoted form of $1, for the `export` lines that `eval` reads
@@ -472,10 +478,15 @@ cmd_down() {
         ip netns delete "$ns"
     done
     restore_run_netns
-    # the empty folder hsta_config made in Dragon's package, if still empty
-    local made
-    made=$(cat "$STATE/hsta_config_made" 2>/dev/null) || made=
-    if [[ -n $made ]]; then rmdir "$made" 2>/dev/null || true; fi
+    # the folder that a cluster made in Dragon's package (hsta_config), if it holds nothing
+    # else and no cluster (another clone's, in this environment) is up that binds it
+    local folder others
+    folder=$(cat "$STATE/hsta_config_dir" 2>/dev/null) || folder=
+    others=$(ip netns list | awk '/^pcc-[0-9a-f]+-switch/') || others=
+    if [[ -n $folder && -z $others && $(ls -A "$folder" 2>/dev/null) == "$MADE_MARK" ]]; then
+        rm -f "$folder/$MADE_MARK"
+        rmdir "$folder" 2>/dev/null || true
+    fi
     if [[ -e $STATE ]]; then found=1; fi
     rm -rf "$STATE"
     if ((found)); then say "cluster down"; else say "no cluster was up"; fi

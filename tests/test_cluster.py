@@ -20,6 +20,8 @@ from test_multinode import installed_or_skip
 
 EXPORTED = {"PBS_NODEFILE", "PARSL_IFACE", "PC_DRAGON_ARGS", "PC_CLUSTER_NODES", "PC_CLUSTER_STATE",
             "PC_CLUSTER_HOST", "PC_CLUSTER_PFS", "SSH_AUTH_SOCK"}
+# what local_cluster.sh puts in the Dragon configuration folder that it made
+MADE_MARK = ".made-by-local-cluster"
 
 
 def _lines(command) -> list:
@@ -104,7 +106,7 @@ def test_up_exports_and_down_leaves_nothing(local_cluster):
     config = pathlib.Path(importlib.util.find_spec("dragon").origin).parent / ".hsta-config"
     seen = cluster_command("run", 2, "cat", str(config / "dragon-config.json"))
     assert seen.returncode == 0 and json.loads(seen.stdout) == {"tcp_runtime": True}, seen
-    assert host_state()["dragon_config"] in (before["dragon_config"], [])
+    assert host_state()["dragon_config"] in (before["dragon_config"], [MADE_MARK])
     assert exports["PC_CLUSTER_STATE"] == str(CLUSTER_STATE)
     assert exports["SSH_AUTH_SOCK"] == str(CLUSTER_STATE / "agent.sock")
     # while up, the machine's own network namespace has nothing new
@@ -179,7 +181,11 @@ def test_a_half_finished_up_is_taken_down(local_cluster, how):
 
 def test_a_repository_under_tmp_stays_visible(local_cluster, tmp_path):
     """A clone in /tmp (CI) is hidden by each node's fresh /tmp unless bound back. Its
-    cluster is another one (its own namespace names): both can be up at once."""
+    cluster is another one (its own namespace names): both can be up at once, and in one
+    environment they share Dragon's configuration folder: the clone's, up first, makes it,
+    and its down leaves it to the cluster still up, whose down removes it."""
+    local_cluster.down()
+    before = host_state()
     clone = tmp_path / "clone"
     (clone / "cluster").mkdir(parents=True)
     for name in ("local_cluster.sh", "node_exec.py", "install_packages.sh"):
@@ -194,10 +200,16 @@ def test_a_repository_under_tmp_stays_visible(local_cluster, tmp_path):
         assert seen.returncode == 0, seen.stderr
         # the node's /tmp holds only the way to the clone
         assert seen.stdout.splitlines() == ["shared", tmp_path.relative_to("/tmp").parts[0]]
+        ours = local_cluster(1)
     finally:
         down = subprocess.run(script + ["down"], capture_output=True, text=True, timeout=60)
     assert down.returncode == 0, down.stderr
     assert not (clone / "cluster" / ".state").exists()
+    config = (CLUSTER_STATE / "hsta_config_dir").read_text().strip()
+    seen = ours.run(1, ["cat", f"{config}/dragon-config.json"], cwd=ROOT, timeout=60)
+    assert seen.returncode == 0 and json.loads(seen.stdout) == {"tcp_runtime": True}, seen
+    local_cluster.down()
+    assert host_state()["dragon_config"] == before["dragon_config"]
 
 
 # ---------------------------------------------------------------------------- the nodes
