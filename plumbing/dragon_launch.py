@@ -211,12 +211,7 @@ def cleanup_hosts_env(folder: str) -> dict:
     clean-up gave up ("detected the WLM slurm but no allocation") and the runtime stayed up
     on every node. Only for ssh launches: the variable also makes Dragon's launcher prefer
     its host list to a Slurm or PBS allocation. A host list is written into `folder`."""
-    try:
-        options = launch_options()
-    except ValueError:
-        return {}
-    if str(options.get("wlm")) != "ssh":
-        return {}
+    options = ssh_launch_options()
     if options.get("hostfile"):
         return {"DRAGON_RUN_NODEFILE": os.path.abspath(options["hostfile"])}
     if options.get("hostlist"):
@@ -225,6 +220,15 @@ def cleanup_hosts_env(folder: str) -> dict:
             f.write("\n".join(options["hostlist"]) + "\n")
         return {"DRAGON_RUN_NODEFILE": path}
     return {}
+
+
+def ssh_launch_options() -> dict:
+    """The launcher's options if it starts the runtime over ssh (`--wlm ssh`); else {}."""
+    try:
+        options = launch_options()
+    except ValueError:
+        return {}
+    return options if str(options.get("wlm")) == "ssh" else {}
 
 
 def listed_hosts(options: dict) -> list[str]:
@@ -243,12 +247,9 @@ def first_nodes_args(count: int, folder: str) -> list[str]:
     `folder`), so that a 1-node run is on the node it was started on. Dragon 0.15 keeps an
     ssh launch's hosts in a set and `-N` takes any `count` of them (a 1-node run started
     on node1 of the local cluster ran on node2). Elsewhere `-N count`."""
-    try:
-        options = launch_options()
-    except ValueError:
-        options = {}
+    options = ssh_launch_options()
     hosts = listed_hosts(options)
-    if str(options.get("wlm")) != "ssh" or not hosts:
+    if not hosts:
         return ["-N", str(count)]
     first = list(dict.fromkeys(hosts))[:count]
     if options.get("hostlist"):             # the same option again: the last one counts
