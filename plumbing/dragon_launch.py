@@ -109,14 +109,15 @@ def relaunch_under_dragon(script: str, argv: list[str], args=None) -> None:
                 status = int(f.read())
         except (OSError, ValueError):
             # Dragon 0.15's multi-node launcher exits with 0 whatever the head did: a head
-            # that never said how it ended has failed (killed, or stopped by an interrupt)
+            # that never said how it ended has failed (killed, stopped by an interrupt, or
+            # never started: a runtime that failed to start ends with Dragon's traceback)
             if interrupts:
                 status = 130
-            elif status == 0:
-                print(f"{os.path.basename(script)}: error: the head process ended inside the "
-                      "Dragon runtime without reporting how (see the lines above)",
-                      file=sys.stderr, flush=True)
-                status = 1
+            elif status >= 0:
+                print(f"{os.path.basename(script)}: error: the head process never reported "
+                      f"how it ended (Dragon's launcher exited with status {status}; Dragon's "
+                      "messages are above)", file=sys.stderr, flush=True)
+                status = status or 1
     finally:
         shutil.rmtree(control, ignore_errors=True)
     sys.exit(status if status >= 0 else 128 - status)

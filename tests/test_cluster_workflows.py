@@ -233,6 +233,11 @@ def test_a_runtime_that_fails_to_start_leaves_nothing_on_any_node(two, cluster_w
     finally:
         assert two.run(2, ["mount", "--bind", str(CLUSTER_STATE / "hsta-config"), config],
                        cwd=ROOT).returncode == 0
-    assert proc.returncode != 0, proc.stdout + proc.stderr
-    assert "Abnormal exit detected" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "Abnormal exit detected" in out, out
+    # after Dragon's traceback, the one line of the script that was started
+    [line] = [line for line in out.splitlines() if "error:" in line]
+    assert line.startswith(f"{INTRO}: error: the head process never reported how it ended "
+                           "(Dragon's launcher exited with status "), out
     nothing_left_on(two, cluster_workdir, seconds=90)
