@@ -69,9 +69,10 @@ print(os.path.dirname(s.origin) if s and s.origin else "")' 2>/dev/null) || drag
     echo '{"tcp_runtime": true}' >"$STATE/hsta-config/dragon-config.json"
     local folder=$dragon/.hsta-config
     echo "$folder" >"$STATE/hsta_config_dir"    # before mkdir: a failed up's down finds it
-    # mkdir alone decides whether a cluster made it (a test first, then mkdir, failed in CI
-    # with "File exists": the folder appeared in between); the mark is in the folder, not
-    # in this cluster's state, as another clone's cluster may be using it when this goes
+    # mkdir alone decides whether a cluster made it: Dragon's launcher makes the folder at
+    # every start (it runs `dragon-config --get=...`), so a run outside the cluster may make
+    # it at any time (a test first, then mkdir, failed in CI with "File exists"); the mark
+    # is in the folder, not in this cluster's state: another clone's cluster may use it
     if mkdir "$folder" 2>/dev/null; then
         : >"$folder/$MADE_MARK"
     elif [[ ! -d $folder ]]; then

@@ -56,9 +56,11 @@ def host_state() -> dict:
 
 
 def _dragon_config():
-    """Dragon's configuration folder as the machine sees it (None: there is none)."""
+    """What Dragon's configuration folder holds, as the machine sees it (None: nothing).
+    An empty folder counts as none: Dragon's launcher makes one at every start (it runs
+    `dragon-config --get=...`), and the other test process starts runtimes meanwhile."""
     folder = pathlib.Path(importlib.util.find_spec("dragon").origin).parent / ".hsta-config"
-    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else None
+    return (sorted(p.name for p in folder.iterdir()) or None) if folder.is_dir() else None
 
 
 def assert_same(before: dict, after: dict):
@@ -210,6 +212,24 @@ def test_a_repository_under_tmp_stays_visible(local_cluster, tmp_path):
     assert seen.returncode == 0 and json.loads(seen.stdout) == {"tcp_runtime": True}, seen
     local_cluster.down()
     assert host_state()["dragon_config"] == before["dragon_config"]
+
+
+def test_a_configuration_folder_that_dragon_made_stays(local_cluster):
+    """Dragon's launcher makes an empty .hsta-config at every start (`dragon-config --get`,
+    run here as the launcher runs it), also while a cluster comes up: up binds over it as
+    it is, without its mark, and down leaves it."""
+    local_cluster.down()
+    folder = pathlib.Path(importlib.util.find_spec("dragon").origin).parent / ".hsta-config"
+    dragon_config = pathlib.Path(sys.executable).parent / "dragon-config"
+    made = subprocess.run([str(dragon_config), "--get=cuda_runtime_libname"],
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0 and folder.is_dir(), made.stderr
+    cluster = local_cluster(1)
+    assert MADE_MARK not in os.listdir(folder)
+    seen = cluster.run(1, ["cat", str(folder / "dragon-config.json")], cwd=ROOT, timeout=60)
+    assert seen.returncode == 0 and json.loads(seen.stdout) == {"tcp_runtime": True}, seen
+    local_cluster.down()
+    assert folder.is_dir()
 
 
 # ---------------------------------------------------------------------------- the nodes
