@@ -20,7 +20,9 @@ from test_multinode import installed_or_skip
 
 EXPORTED = {"PBS_NODEFILE", "PARSL_IFACE", "PC_DRAGON_ARGS", "PC_CLUSTER_NODES", "PC_CLUSTER_STATE",
             "PC_CLUSTER_HOST", "PC_CLUSTER_PFS", "SSH_AUTH_SOCK"}
-# what local_cluster.sh puts in the Dragon configuration folder that it made
+# Dragon's configuration folder (HSTA's fabric), and the mark local_cluster.sh puts in it
+# when it made it
+DRAGON_CONFIG = pathlib.Path(importlib.util.find_spec("dragon").origin).parent / ".hsta-config"
 MADE_MARK = ".made-by-local-cluster"
 
 
@@ -59,8 +61,9 @@ def _dragon_config():
     """What Dragon's configuration folder holds, as the machine sees it (None: nothing).
     An empty folder counts as none: Dragon's launcher makes one at every start (it runs
     `dragon-config --get=...`), and the other test process starts runtimes meanwhile."""
-    folder = pathlib.Path(importlib.util.find_spec("dragon").origin).parent / ".hsta-config"
-    return (sorted(p.name for p in folder.iterdir()) or None) if folder.is_dir() else None
+    if not DRAGON_CONFIG.is_dir():
+        return None
+    return sorted(p.name for p in DRAGON_CONFIG.iterdir()) or None
 
 
 def assert_same(before: dict, after: dict):
@@ -105,8 +108,7 @@ def test_up_exports_and_down_leaves_nothing(local_cluster):
     assert exports["PARSL_IFACE"] == "pcc0" and exports["PC_CLUSTER_NODES"] == "3"
     assert exports["PC_DRAGON_ARGS"] == f"-t hsta --wlm ssh --hostfile {hostfile} --network-prefix ^pcc0$"
     # the nodes see the cluster's Dragon configuration (HSTA over TCP); the machine does not
-    config = pathlib.Path(importlib.util.find_spec("dragon").origin).parent / ".hsta-config"
-    seen = cluster_command("run", 2, "cat", str(config / "dragon-config.json"))
+    seen = cluster_command("run", 2, "cat", str(DRAGON_CONFIG / "dragon-config.json"))
     assert seen.returncode == 0 and json.loads(seen.stdout) == {"tcp_runtime": True}, seen
     assert host_state()["dragon_config"] in (before["dragon_config"], [MADE_MARK])
     assert exports["PC_CLUSTER_STATE"] == str(CLUSTER_STATE)
@@ -219,17 +221,16 @@ def test_a_configuration_folder_that_dragon_made_stays(local_cluster):
     run here as the launcher runs it), also while a cluster comes up: up binds over it as
     it is, without its mark, and down leaves it."""
     local_cluster.down()
-    folder = pathlib.Path(importlib.util.find_spec("dragon").origin).parent / ".hsta-config"
     dragon_config = pathlib.Path(sys.executable).parent / "dragon-config"
     made = subprocess.run([str(dragon_config), "--get=cuda_runtime_libname"],
                           capture_output=True, text=True, timeout=60)
-    assert made.returncode == 0 and folder.is_dir(), made.stderr
+    assert made.returncode == 0 and DRAGON_CONFIG.is_dir(), made.stderr
     cluster = local_cluster(1)
-    assert MADE_MARK not in os.listdir(folder)
-    seen = cluster.run(1, ["cat", str(folder / "dragon-config.json")], cwd=ROOT, timeout=60)
+    assert MADE_MARK not in os.listdir(DRAGON_CONFIG)
+    seen = cluster.run(1, ["cat", str(DRAGON_CONFIG / "dragon-config.json")], cwd=ROOT, timeout=60)
     assert seen.returncode == 0 and json.loads(seen.stdout) == {"tcp_runtime": True}, seen
     local_cluster.down()
-    assert folder.is_dir()
+    assert DRAGON_CONFIG.is_dir()
 
 
 # ---------------------------------------------------------------------------- the nodes
