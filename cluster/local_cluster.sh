@@ -33,7 +33,8 @@ STORAGE_ADDR=$SUBNET.100   # the storage node (host name "storage")
 DRAGON_PROBE=10.254.254.254
 # netns names are global on the machine: a tag from this clone's path keeps two clones
 # (e.g. a CI clone in /tmp and a working copy) from taking down each other's cluster
-TAG=pcc-$(printf %s "$STATE" | md5sum | cut -c1-6)
+TAG_PREFIX=pcc             # every clone's tag starts so (down looks for other clusters)
+TAG=$TAG_PREFIX-$(printf %s "$STATE" | md5sum | cut -c1-6)
 SWITCH=$TAG-switch
 # The shared data directory: the storage node serves this directory of the machine's disk,
 # and each node mounts it over the same path, so that in a node the path leads through the
@@ -483,7 +484,8 @@ cmd_down() {
     # else and no cluster (another clone's, in this environment) is up that binds it
     local folder others
     folder=$(cat "$STATE/hsta_config_dir" 2>/dev/null) || folder=
-    others=$(ip netns list | awk '/^pcc-[0-9a-f]+-switch/') || others=
+    others=$(ip netns list | awk -v other="^$TAG_PREFIX-[0-9a-f]+-switch\$" '$1 ~ other') ||
+        others=
     if [[ -n $folder && -z $others && $(ls -A "$folder" 2>/dev/null) == "$MADE_MARK" ]]; then
         rm -f "$folder/$MADE_MARK"
         rmdir "$folder" 2>/dev/null || true

@@ -216,11 +216,16 @@ def cleanup_hosts_env(folder: str) -> dict:
     if options.get("hostfile"):
         return {"DRAGON_RUN_NODEFILE": os.path.abspath(options["hostfile"])}
     if options.get("hostlist"):
-        path = os.path.join(folder, "hosts")
-        with open(path, "w") as f:
-            f.write("\n".join(options["hostlist"]) + "\n")
-        return {"DRAGON_RUN_NODEFILE": path}
+        return {"DRAGON_RUN_NODEFILE": write_host_file(folder, "hosts", options["hostlist"])}
     return {}
+
+
+def write_host_file(folder: str, name: str, hosts: list[str]) -> str:
+    """A host file (one host a line) named `name` in `folder`; its path."""
+    path = os.path.join(folder, name)
+    with open(path, "w") as f:
+        f.write("\n".join(hosts) + "\n")
+    return path
 
 
 def ssh_launch_options() -> dict:
@@ -255,10 +260,7 @@ def first_nodes_args(count: int, folder: str) -> list[str]:
     first = list(dict.fromkeys(hosts))[:count]
     if options.get("hostlist"):             # the same option again: the last one counts
         return ["--hostlist", ",".join(first)]
-    path = os.path.join(folder, "first-hosts")
-    with open(path, "w") as f:
-        f.write("\n".join(first) + "\n")
-    return ["--hostfile", path]
+    return ["--hostfile", write_host_file(folder, "first-hosts", first)]
 
 
 def launch_plan() -> tuple[list[str], int]:
