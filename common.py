@@ -2,7 +2,8 @@
 trainer, and the check that every trainer got every pair exactly once, intact.
 
 Nothing here knows how the data travels (the numbered scripts wire that) or how a run is
-launched and recorded (plumbing/). To change the simulation or the model, edit this file.
+launched and recorded (plumbing/): it needs numpy and torch alone. To change the simulation
+or the model, edit this file.
 """
 from __future__ import annotations
 
@@ -12,21 +13,24 @@ import resource
 import socket
 import time
 import zlib
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
-
-from plumbing.hosts import gpus_per_node
-from plumbing.lifecycle import maybe_inject_failure     # PC_INJECT_FAILURE, for the tests
-
-# torch is imported where a trainer needs it, not here: simulation workers and the head
-# never load it (2.6 s of CPU and 0.2 GB of memory per process on the development machine)
-if TYPE_CHECKING:
-    import torch
+import torch
+from torch import nn
 
 STEPS = 10                      # time steps per simulation (the spec's loop)
 PERIODS = (40.0, 80.0)          # range of the wave periods swept by the ensemble
 DEFAULT_KERNEL_SIZES = (3, 5, 7, 9)
+
+# The tests make one task fail on purpose: e.g. PC_INJECT_FAILURE=simulation:3 or trainer:1
+FAIL_ENV = "PC_INJECT_FAILURE"
+
+
+def maybe_inject_failure(kind: str, index: int) -> None:
+    """Raise in task `kind` number `index` when $PC_INJECT_FAILURE names it."""
+    if os.environ.get(FAIL_ENV) == f"{kind}:{index}":
+        raise RuntimeError(f"failure injected through {FAIL_ENV}={kind}:{index}")
 
 
 # --------------------------------------------------------------------------- simulation
@@ -145,7 +149,6 @@ class TrainingData:
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and outputs as [S, 1, N, N] float32 views (no copy); raises if anything is missing."""
-        import torch
         missing = sorted(set(self._slot) - self._received)
         if missing:
             raise IntegrityError(f"{len(missing)} simulation(s) never arrived, e.g. {missing[:5]}")
@@ -175,39 +178,28 @@ def reading_order(manifest: Sequence[SimReport], rank: int, num_trainers: int) -
 
 
 # --------------------------------------------------------------------------- model and trainer
-def _define_simple_cnn():
-    import torch
-    from torch import nn
+class SimpleCNN(nn.Module):
+    """Autoregressive CNN: u(t) on an N x N grid -> u(t + dt) on the same grid."""
 
-    class SimpleCNN(nn.Module):
-        """Autoregressive CNN: u(t) on an N x N grid -> u(t + dt) on the same grid."""
+    def __init__(self, kernel_size: int = 3):
+        super().__init__()
+        # encoder extracts spatial features, decoder maps them back to one channel
+        self.conv1 = nn.Conv2d(1, 8, kernel_size=kernel_size, padding="same")
+        self.conv2 = nn.Conv2d(8, 16, kernel_size=kernel_size, padding="same")
+        self.conv3 = nn.Conv2d(16, 8, kernel_size=kernel_size, padding="same")
+        self.conv4 = nn.Conv2d(8, 1, kernel_size=kernel_size, padding="same")
+        self.relu = nn.ReLU()
 
-        def __init__(self, kernel_size: int = 3):
-            super().__init__()
-            # encoder extracts spatial features, decoder maps them back to one channel
-            self.conv1 = nn.Conv2d(1, 8, kernel_size=kernel_size, padding="same")
-            self.conv2 = nn.Conv2d(8, 16, kernel_size=kernel_size, padding="same")
-            self.conv3 = nn.Conv2d(16, 8, kernel_size=kernel_size, padding="same")
-            self.conv4 = nn.Conv2d(8, 1, kernel_size=kernel_size, padding="same")
-            self.relu = nn.ReLU()
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = self.relu(self.conv1(x))
-            x = self.relu(self.conv2(x))
-            x = self.relu(self.conv3(x))
-            # linear last layer: the field takes any real value
-            return self.conv4(x)
-
-    SimpleCNN.__qualname__ = "SimpleCNN"
-    return SimpleCNN
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.conv1(x))
+        x = self.relu(self.conv2(x))
+        x = self.relu(self.conv3(x))
+        # linear last layer: the field takes any real value
+        return self.conv4(x)
 
 
-def __getattr__(name: str):
-    """common.SimpleCNN, the model, is defined on first use (it needs torch; see the imports)."""
-    if name == "SimpleCNN":
-        globals()[name] = _define_simple_cnn()
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+BATCH_SIZE = 4
+LEARNING_RATE = 1e-3
 
 
 @dataclasses.dataclass
@@ -221,77 +213,118 @@ class TrainReport:
     samples: int                # pairs received, checked, and trained on in every epoch
     io_s: float                 # receiving / reading all the data, nothing else
     check_s: float              # integrity check and float32 conversion
-    train_s: float              # one epoch
-    loss: float | None          # None when no epoch ran
+    warmup_s: float             # one untimed training step: device context, kernels, caches
+    train_s: float              # mean seconds of one epoch
+    losses: list[float]         # the mean loss of each epoch, in order ([] when none ran)
     peak_rss_bytes: int
     gpu: str = ""               # CUDA_VISIBLE_DEVICES as the trainer saw it
     gpu_uuid: str = ""          # the GPU it trained on, as CUDA names it ("" on the CPU)
     gpu_name: str = ""
-    host_gpus: int = 0          # gpus_per_node() on the trainer's host
     cpu_threads: int = 0        # torch's threads on the CPU (0: trained on a GPU)
+
+    @property
+    def loss(self) -> float | None:
+        """The loss after the last epoch; None when no epoch ran."""
+        return self.losses[-1] if self.losses else None
 
 
 def pick_device() -> torch.device:
     """CUDA when the process sees a GPU (the launcher pins one per trainer), else CPU."""
-    import torch
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def train_epoch(inputs: torch.Tensor, outputs: torch.Tensor, kernel_size: int,
-                device: torch.device | None = None, seed: int = 0) -> tuple[float, int, float]:
-    """One epoch of Adam (lr 1e-3) on the MSE, batches of 4, shuffled. Returns (loss, samples, seconds)."""
-    import torch
-    start = time.perf_counter()
-    device = device or pick_device()
-    torch.manual_seed(seed)
-    model = __getattr__("SimpleCNN")(kernel_size=kernel_size).to(device)
-    loss_fn = torch.nn.MSELoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs, outputs),
-                                         batch_size=4, shuffle=True)
-    model.train()
-    loss = torch.zeros(())
-    samples = 0
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        optimizer.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        samples += len(x)
-    final_loss = float(loss.item())     # .item() also waits for the GPU before the clock stops
-    return final_loss, samples, time.perf_counter() - start
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               y: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One Adam step on the MSE of one batch; returns the batch's loss (on the device)."""
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    optimizer.zero_grad()
+    loss = nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+class Trainer:
+    """One model and one Adam optimizer (lr 1e-3), trained on the MSE in shuffled batches of 4,
+    epoch after epoch: each epoch continues from the last."""
+
+    def __init__(self, inputs: torch.Tensor, outputs: torch.Tensor, kernel_size: int,
+                 device: torch.device, seed: int = 0):
+        self.device, self.kernel_size = device, kernel_size
+        torch.manual_seed(seed)
+        self.model = SimpleCNN(kernel_size).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE)
+        self.loader = self.make_loader(inputs, outputs, device, seed)
+
+    @staticmethod
+    def make_loader(inputs: torch.Tensor, outputs: torch.Tensor, device: torch.device,
+                    seed: int) -> torch.utils.data.DataLoader:
+        """Shuffled batches, the same order for the same seed. Batches for a GPU are pinned:
+        a non_blocking copy overlaps with the work only from pinned memory (pinning copies
+        one batch, never the whole data set)."""
+        return torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(inputs, outputs), batch_size=BATCH_SIZE,
+            shuffle=True, generator=torch.Generator().manual_seed(seed),
+            pin_memory=device.type == "cuda")
+
+    def warm_up(self) -> float:
+        """One step on a throwaway model with a batch of the real shape, so that the timed
+        epochs do not pay for what happens once per process and shape (the CUDA context,
+        cuDNN's choice of algorithms, lazily loaded kernels; on the CPU the first
+        allocations). The trained model is untouched. Returns the seconds it took."""
+        start = time.perf_counter()
+        x, y = next(iter(self.loader))
+        model = SimpleCNN(self.kernel_size).to(self.device)
+        train_step(model, torch.optim.Adam(model.parameters()), x, y, self.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
+
+    def epoch(self) -> tuple[float, int, float]:
+        """One pass over the data. Returns (mean loss over its samples, samples, seconds)."""
+        start = time.perf_counter()
+        self.model.train()
+        total = torch.zeros((), device=self.device)
+        samples = 0
+        for x, y in self.loader:
+            total += train_step(self.model, self.optimizer, x, y, self.device).detach() * len(x)
+            samples += len(x)
+        mean_loss = float(total.item()) / max(samples, 1)   # .item() also waits for the GPU
+        return mean_loss, samples, time.perf_counter() - start
 
 
 def train(data: TrainingData, rank: int, kernel_size: int, io_s: float,
           cpu_threads: int = 0, epochs: int = 1) -> TrainReport:
-    """Check that everything arrived, train (one epoch by default), and report.
+    """Check that everything arrived, train one model for `epochs` epochs, and report.
 
     epochs=0 stops after the data arrived and passed the check: a transfer-only measurement.
     """
-    import torch
     maybe_inject_failure("trainer", rank)
     device = pick_device()
     if device.type == "cpu" and cpu_threads > 0:
         torch.set_num_threads(cpu_threads)   # trainers sharing a CPU must not oversubscribe it
     inputs, outputs = data.tensors()
-    loss, train_s = None, 0.0
-    for epoch in range(epochs):
-        loss, samples, seconds = train_epoch(inputs, outputs, kernel_size, device,
-                                             seed=rank * 1000 + epoch)
-        train_s += seconds
-        if samples != len(inputs):
-            raise IntegrityError(f"trainer {rank} trained on {samples} of {len(inputs)} samples")
+    losses, seconds, warmup_s = [], [], 0.0
+    if epochs:
+        trainer = Trainer(inputs, outputs, kernel_size, device, seed=rank)
+        warmup_s = trainer.warm_up()
+        for _ in range(epochs):
+            loss, samples, epoch_s = trainer.epoch()
+            if samples != len(inputs):
+                raise IntegrityError(f"trainer {rank} trained on {samples} of {len(inputs)} samples")
+            losses.append(loss)
+            seconds.append(epoch_s)
     uuid = name = ""
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
         uuid, name = str(getattr(properties, "uuid", "")), properties.name
     return TrainReport(rank=rank, kernel_size=kernel_size, device=str(device),
                        host=socket.gethostname(), bytes_read=data.bytes_received,
-                       samples=len(inputs), io_s=io_s, check_s=data.check_s, train_s=train_s,
-                       loss=loss, peak_rss_bytes=peak_rss_bytes(),
+                       samples=len(inputs), io_s=io_s, check_s=data.check_s, warmup_s=warmup_s,
+                       train_s=sum(seconds) / len(seconds) if seconds else 0.0, losses=losses,
+                       peak_rss_bytes=peak_rss_bytes(),
                        gpu=os.environ.get("CUDA_VISIBLE_DEVICES", ""), gpu_uuid=uuid,
-                       gpu_name=name, host_gpus=gpus_per_node(),
+                       gpu_name=name,
                        cpu_threads=torch.get_num_threads() if device.type == "cpu" else 0)
 
 

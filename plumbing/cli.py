@@ -80,7 +80,8 @@ def make_parser(description: str) -> OneLineParser:
                         help="existing directory under which the run's own data directory is made")
     parser.add_argument("--keep_data", action="store_true",
                         help="keep the run's data directory (and engine logs) instead of removing it")
-    parser.add_argument("--results_file", default=os.path.join("results", "results.jsonl"),
+    parser.add_argument("--results_file",
+                        default=os.path.join(lifecycle.RESULTS_DIR, "results.jsonl"),
                         help="JSON-lines file the run's result record is appended to")
     return parser
 
@@ -120,51 +121,63 @@ def check_args(parser: OneLineParser, argv: list[str] | None, *, trainer_copies=
     available_nodes(): the nodes the run may use (default: the allocation's, hosts.py);
     more_memory(args): {what: bytes} a node holds besides its trainers (a store, the DDict);
     more_checks(parser, args): the transport's own refusals, called last.
+
+    It adds to the arguments: available_nodes, gpus_per_node (what every engine and the
+    record use), trainers_per_node, and fills in num_nodes and num_trainers.
     """
     args = parser.parse_args(argv)
     try:
-        available = available_nodes() if available_nodes else len(hosts.node_hosts())
+        args.available_nodes = available_nodes() if available_nodes else len(hosts.node_hosts())
+        args.gpus_per_node = hosts.gpus_per_node()
     except ValueError as error:
         parser.error(str(error))
-    args.available_nodes = available
+    _check_placement(parser, args)
+    _check_paths(parser, args)
+    lifecycle.save_errors_in(os.path.dirname(os.path.abspath(args.results_file)))
+    copies = trainer_copies(args) if callable(trainer_copies) else trainer_copies
+    _check_memory(parser, args, {
+        f"{args.trainers_per_node} trainer(s)":
+            args.trainers_per_node * common.data_bytes(args.num_sims, args.grid_size) * copies,
+        **(more_memory(args) if more_memory else {})})
+    if more_checks:
+        more_checks(parser, args)
+    return args
+
+
+def _check_placement(parser: OneLineParser, args: argparse.Namespace) -> None:
+    """Nodes within the allocation; at most one trainer per GPU; kernels that fit the grid."""
     if args.num_nodes is None:
-        args.num_nodes = available
-    elif args.num_nodes > available:
+        args.num_nodes = args.available_nodes
+    elif args.num_nodes > args.available_nodes:
         parser.error(f"argument --num_nodes: {args.num_nodes} nodes asked for, but the "
-                     f"allocation has {available}")
-    nodes = args.num_nodes
-    try:
-        gpus = hosts.gpus_per_node()
-    except ValueError as error:
-        parser.error(str(error))
+                     f"allocation has {args.available_nodes}")
+    nodes, gpus = args.num_nodes, args.gpus_per_node
     if args.num_trainers is None:
         args.num_trainers = gpus * nodes or CPU_TRAINERS
-    args.trainers_per_node = trainers_here = -(-args.num_trainers // nodes)
-    if gpus and trainers_here > gpus:
+    args.trainers_per_node = -(-args.num_trainers // nodes)
+    if gpus and args.trainers_per_node > gpus:
         parser.error(f"argument --num_trainers: {args.num_trainers} trainers on {nodes} "
-                     f"node(s) put {trainers_here} on a node, which has {gpus} GPU(s): one "
-                     f"trainer per GPU (at most {gpus * nodes})")
+                     f"node(s) put {args.trainers_per_node} on a node, which has {gpus} GPU(s): "
+                     f"one trainer per GPU (at most {gpus * nodes})")
     largest_kernel = max(args.kernel_sizes)
     if args.grid_size < largest_kernel:
         parser.error(f"argument --grid_size: {args.grid_size} is smaller than the largest "
                      f"kernel size {largest_kernel}")
+
+
+def _check_paths(parser: OneLineParser, args: argparse.Namespace) -> None:
     if not os.path.isdir(args.data_dir):
         parser.error(f"argument --data_dir: {args.data_dir!r} is not an existing directory")
     if not _can_write_in(args.data_dir):
         parser.error(f"argument --data_dir: cannot create files in {args.data_dir!r}")
     if not _can_append_to(args.results_file):
         parser.error(f"argument --results_file: cannot write {args.results_file!r}")
-    lifecycle.save_errors_in(os.path.dirname(os.path.abspath(args.results_file)))
-    # the one memory check: what the busiest node holds, against what it has
-    copies = trainer_copies(args) if callable(trainer_copies) else trainer_copies
-    held = {f"{trainers_here} trainer(s)":
-            trainers_here * common.data_bytes(args.num_sims, args.grid_size) * copies,
-            **(more_memory(args) if more_memory else {})}
+
+
+def _check_memory(parser: OneLineParser, args: argparse.Namespace, held: dict) -> None:
+    """The one memory check: what the busiest node holds ({what: bytes}), against what it has."""
     available_bytes = hosts.available_memory_bytes()
     if available_bytes and sum(held.values()) > 0.9 * available_bytes:
         parts = " and ".join(f"{what} {need / GB:.1f} GB" for what, need in held.items() if need)
         parser.error(f"arguments --num_sims/--grid_size/--num_trainers: a node would hold "
                      f"{parts}, but it has {available_bytes / GB:.1f} GB available")
-    if more_checks:
-        more_checks(parser, args)
-    return args

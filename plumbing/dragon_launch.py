@@ -28,6 +28,7 @@ except ImportError:
     sys.exit(2)
 from dragon.native.machine import Node, System
 
+import common
 from plumbing import cli, ddict_io, dragon_fixes, lifecycle
 from plumbing import hosts as allocation
 from plumbing.records import GB
@@ -370,8 +371,8 @@ def check_args(parser, argv: list[str]):
     """cli.check_args with the node count the runtime will have, and what a node holds
     besides the trainers (the DDict), in /dev/shm too; refused in one line before the
     runtime starts."""
-    if in_runtime() and os.environ.get(lifecycle.FAIL_ENV) == "head:0":    # for the tests
-        parser.error(f"failure injected through {lifecycle.FAIL_ENV}=head:0, inside the runtime")
+    if in_runtime() and os.environ.get(common.FAIL_ENV) == "head:0":    # for the tests
+        parser.error(f"failure injected through {common.FAIL_ENV}=head:0, inside the runtime")
     return cli.check_args(parser, argv, available_nodes=_runtime_nodes,
                           more_memory=ddict_io.node_memory, more_checks=_more_checks)
 

@@ -104,26 +104,28 @@ def shared_machine() -> str | None:
 def cores_per_node(node_cores: int, num_nodes: int) -> int:
     """Cores that one of a run's `num_nodes` nodes may keep busy: its own `node_cores`,
     except where the nodes share one machine (shared_machine()): each of them then sees
-    all of the machine's cores, so the run's nodes divide them (at least one each).
-    Otherwise 2 nodes with a trainer each ran 2 torch threads apiece on 2 cores, and
-    epochs took 2.4-3.4x as long as with one thread each (128 x 128, measured)."""
+    all of the machine's cores, so the run's nodes divide them (at least one each): threads
+    beyond the cores only take turns, and slow every trainer down."""
     if shared_machine() and num_nodes > 1:
         return max(1, node_cores // num_nodes)
     return node_cores
 
 
 GPUS_ENV = "PC_GPUS_PER_NODE"   # the GPU count to use instead of asking the machine
+NO_GPU_NAMES = ("", "-1", "NoDevFiles")     # CUDA_VISIBLE_DEVICES values that hide every GPU
 
 
-def gpus_per_node() -> int:
+def gpus_per_node(dev: str = "/dev") -> int:
     """How many GPUs a node has for trainers: THE answer both engines and every check use
     (the nodes of a run are alike, so the node that asks speaks for all).
 
     $PC_GPUS_PER_NODE, where set (a machine whose driver and torch disagree; the tests);
-    else 0 where this node has no GPU device file (NVIDIA, AMD, WSL2's /dev/dxg), without
-    loading torch; else what torch sees, CUDA_VISIBLE_DEVICES applied. A node with GPU
-    device files whose torch sees none (a CPU build, or one that does not match the driver)
-    is an error, not a silent CPU run.
+    else 0 where this node has no GPU device file in `dev` (NVIDIA, AMD, WSL2's /dev/dxg),
+    without loading torch; else what torch sees, CUDA_VISIBLE_DEVICES applied. A node with
+    GPU device files whose torch sees none is an error, not a silent CPU run (a CPU build of
+    torch, or one newer than the driver), unless CUDA_VISIBLE_DEVICES hides every GPU on
+    purpose ("" or -1). A batch system's CUDA_VISIBLE_DEVICES=0,1,... names GPUs: it is no
+    reason to train on the CPU.
     """
     import glob
     given = os.environ.get(GPUS_ENV, "").strip()
@@ -131,13 +133,16 @@ def gpus_per_node() -> int:
         if not given.isdigit():
             raise ValueError(f"{GPUS_ENV}={given!r}: give a number of GPUs (0 or more)")
         return int(given)
-    files = glob.glob("/dev/nvidia[0-9]*") + glob.glob("/dev/kfd") + glob.glob("/dev/dxg")
+    files = [path for pattern in ("nvidia[0-9]*", "kfd", "dxg")
+             for path in glob.glob(os.path.join(dev, pattern))]
     if not files:
         return 0
     import torch
     seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if not seen and os.environ.get("CUDA_VISIBLE_DEVICES") is None:
-        raise ValueError(f"this node has GPUs ({', '.join(sorted(files)[:4])}) but torch "
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not seen and (visible is None or visible.strip() not in NO_GPU_NAMES):
+        named = "" if visible is None else f" (CUDA_VISIBLE_DEVICES={visible})"
+        raise ValueError(f"this node has GPUs{named} ({', '.join(sorted(files)[:4])}) but torch "
                          f"{torch.__version__} sees none (a CPU build, or one that does not "
                          f"match the driver): fix torch, or set {GPUS_ENV}=0 to train on the CPU")
     return seen

@@ -1,5 +1,5 @@
 """A run's life in its head process: progress lines, waiting for tasks, the run's own
-directory, failure injection for the tests, and run_workflow(), which turns Ctrl-C,
+directory, and run_workflow(), which turns Ctrl-C,
 SIGTERM and every error into a clean-up, one line on stderr and an exit status (the full
 traceback in a file next to the results file)."""
 from __future__ import annotations
@@ -14,14 +14,16 @@ import time
 import traceback
 from typing import Sequence
 
+from plumbing.records import filesystem_of
+
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stdout, flush=True)
 
 
-# e.g. "simulation:3" or "trainer:1": that task raises; "head:0": the Dragon head's checks
-# refuse the run inside the runtime (for tests)
-FAIL_ENV = "PC_INJECT_FAILURE"
+# where results go by default (cli's --results_file), and a failed run's traceback file
+# where no results file was named yet
+RESULTS_DIR = "results"
 
 
 class TaskFailed(RuntimeError):
@@ -32,12 +34,6 @@ class TaskFailed(RuntimeError):
     def __init__(self, message: str, details: str = ""):
         super().__init__(message)
         self.details = details
-
-
-def maybe_inject_failure(kind: str, index: int) -> None:
-    """Raise in task `kind` number `index` when $PC_INJECT_FAILURE names it."""
-    if os.environ.get(FAIL_ENV) == f"{kind}:{index}":
-        raise RuntimeError(f"failure injected through {FAIL_ENV}={kind}:{index}")
 
 
 class Progress:
@@ -62,8 +58,7 @@ def check_reachable(path: str) -> None:
     try:
         os.stat(path)
     except OSError as error:
-        from plumbing import records
-        fs = records.filesystem_of(os.path.dirname(path))
+        fs = filesystem_of(os.path.dirname(path))
         raise OSError(error.errno, f"the run's directory {path} cannot be reached any more "
                       f"({error.strerror}; it is on {fs['type']} {fs['source']})") from None
 
@@ -179,7 +174,7 @@ def raise_if_interrupted() -> None:
 def _save_traceback(prog: str, error: BaseException) -> str | None:
     """`error`'s traceback (a failed task's own, where it ran) in a file next to the results
     file (see check_args); its path, or None where none could be written."""
-    folder = _control.get("error_dir") or "."
+    folder = _control.get("error_dir") or RESULTS_DIR
     path = os.path.join(folder, f"error-{os.path.splitext(prog)[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
                                 f"-{os.getpid()}.txt")
     try:

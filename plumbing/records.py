@@ -129,17 +129,20 @@ def versions() -> dict[str, str]:
 def gpu_facts(t: common.TrainReport) -> dict:
     """Where a trainer ran and the GPU it saw."""
     return {"rank": t.rank, "host": t.host, "device": t.device, "visible": t.gpu,
-            "uuid": t.gpu_uuid, "name": t.gpu_name, "host_gpus": t.host_gpus}
+            "uuid": t.gpu_uuid, "name": t.gpu_name}
 
 
-def device_problem(trainers: Sequence[common.TrainReport]) -> str | None:
-    """What is wrong with where the trainers ran, or None: a trainer on the CPU of a host
-    that has GPUs, or two trainers of one host on the same GPU (one trainer per GPU)."""
+def device_problem(trainers: Sequence[common.TrainReport], gpus_per_node: int) -> str | None:
+    """What is wrong with where the trainers ran, or None: a trainer on the CPU where the
+    nodes have GPUs (`gpus_per_node`, the allocation's count that the head planned with, not
+    what a trainer sees after its own CUDA_VISIBLE_DEVICES), or two trainers of one host on
+    the same GPU (one trainer per GPU)."""
     on_gpu: dict[tuple[str, str], int] = {}
     for t in sorted(trainers, key=lambda t: t.rank):
-        if t.device.startswith("cpu") and t.host_gpus:
-            return (f"trainer {t.rank} trained on the CPU of {t.host}, which has {t.host_gpus} "
-                    f"GPU(s) (CUDA_VISIBLE_DEVICES={t.gpu!r}; does this torch see the GPUs?)")
+        if t.device.startswith("cpu") and gpus_per_node:
+            return (f"trainer {t.rank} trained on the CPU of {t.host}, whose node has "
+                    f"{gpus_per_node} GPU(s) (CUDA_VISIBLE_DEVICES={t.gpu!r}; does this torch "
+                    "see the GPUs?)")
         if t.device.startswith("cuda"):
             gpu = (t.host, t.gpu_uuid or t.gpu)
             if gpu in on_gpu:
@@ -149,22 +152,71 @@ def device_problem(trainers: Sequence[common.TrainReport]) -> str | None:
     return None
 
 
+def integrity_ok(args: argparse.Namespace, sims: Sequence[common.SimReport],
+                 trainers: Sequence[common.TrainReport]) -> bool:
+    """Every simulation reported, every trainer reported, and each trainer received every
+    byte and trained on every sample (TrainingData checked the bytes themselves)."""
+    produced = sum(sim.nbytes for sim in sims)
+    return (len(sims) == args.num_sims and len(trainers) == args.num_trainers
+            and produced == common.data_bytes(args.num_sims, args.grid_size)
+            and all(t.bytes_read == produced and t.samples == len(sims) * common.STEPS
+                    for t in trainers))
+
+
+def _trainer_facts(trainers: Sequence[common.TrainReport], gpus_per_node: int) -> dict:
+    problem = device_problem(trainers, gpus_per_node)
+    return {
+        "num_trainers": len(trainers),
+        "kernel_sizes": [t.kernel_size for t in trainers],
+        "devices": [t.device + (f" (CUDA_VISIBLE_DEVICES={t.gpu})" if t.gpu else "")
+                    for t in trainers],
+        "gpus_per_node": gpus_per_node,
+        "trainer_gpus": [gpu_facts(t) for t in trainers],
+        "trainer_cpu_threads": [t.cpu_threads for t in trainers],
+        "devices_ok": problem is None,
+        "devices_problem": problem,
+        "trainer_hosts": [t.host for t in trainers],
+    }
+
+
+def _timing_facts(sims: Sequence[common.SimReport], trainers: Sequence[common.TrainReport],
+                  phases: Phases) -> dict:
+    produced = sum(sim.nbytes for sim in sims)
+    read = trainers[0].bytes_read if trainers else 0
+    sim_io = [sim.io_s for sim in sims]
+    train_io = [trainer.io_s for trainer in trainers]
+    return {
+        "bytes_produced": produced,
+        "bytes_read_per_trainer": read,
+        "startup_s": phases.seconds.get("startup", 0.0),
+        "sim_run_s": phases.seconds.get("simulation", 0.0),
+        "sim_compute_mean_s": _mean(sim.compute_s for sim in sims),
+        "sim_io_mean_s": _mean(sim_io),
+        "sim_io_max_s": max(sim_io, default=0.0),
+        "sim_io_gbps": _gbps(produced, sum(sim_io)),
+        "train_run_s": phases.seconds.get("training", 0.0),
+        "train_io_mean_s": _mean(train_io),
+        "train_io_max_s": max(train_io, default=0.0),
+        "train_io_gbps": _gbps(read, _mean(train_io)),
+        "train_io_aggregate_gbps": _gbps(read * len(trainers), max(train_io, default=0)),
+        "train_check_mean_s": _mean(t.check_s for t in trainers),
+        "train_warmup_mean_s": _mean(t.warmup_s for t in trainers),
+        "train_epoch_mean_s": _mean(t.train_s for t in trainers),
+        "epoch_losses": [t.losses for t in trainers],
+        "final_losses": [t.loss for t in trainers],
+        "shutdown_s": phases.seconds.get("shutdown", 0.0),
+        "peak_rss_main_bytes": common.peak_rss_bytes(),
+        "peak_rss_task_max_bytes": max([s.peak_rss_bytes for s in sims]
+                                       + [t.peak_rss_bytes for t in trainers], default=0),
+    }
+
+
 def make_record(args: argparse.Namespace, transport: str, sims: Sequence[common.SimReport],
                 trainers: Sequence[common.TrainReport], phases: Phases, hosts: Sequence[str],
                 **extra) -> dict:
     """The run's result record: what ran, how much moved, how long each part took."""
     sims = sorted(sims, key=lambda sim: sim.index)
     trainers = sorted(trainers, key=lambda trainer: trainer.rank)
-    produced = sum(sim.nbytes for sim in sims)
-    expected_samples = len(sims) * common.STEPS
-    integrity_ok = (len(sims) == args.num_sims and len(trainers) == args.num_trainers
-                    and produced == common.data_bytes(args.num_sims, args.grid_size)
-                    and all(t.bytes_read == produced and t.samples == expected_samples
-                            for t in trainers))
-    sim_io = [sim.io_s for sim in sims]
-    train_io = [trainer.io_s for trainer in trainers]
-    devices_problem = device_problem(trainers)
-    read_per_trainer = trainers[0].bytes_read if trainers else 0
     return {
         "transport": transport,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -176,38 +228,11 @@ def make_record(args: argparse.Namespace, transport: str, sims: Sequence[common.
         "steps_per_sim": common.STEPS,
         "compute_time_s": args.compute_time,
         "epochs": args.epochs,
-        "num_trainers": len(trainers),
-        "kernel_sizes": [t.kernel_size for t in trainers],
-        "devices": [t.device + (f" (CUDA_VISIBLE_DEVICES={t.gpu})" if t.gpu else "")
-                    for t in trainers],
-        "trainer_gpus": [gpu_facts(t) for t in trainers],
-        "trainer_cpu_threads": [t.cpu_threads for t in trainers],
-        "devices_ok": devices_problem is None,
-        "devices_problem": devices_problem,
-        "trainer_hosts": [t.host for t in trainers],
+        **_trainer_facts(trainers, args.gpus_per_node),
         "sim_hosts": sorted({sim.host for sim in sims}),
         "versions": versions(),
-        "bytes_produced": produced,
-        "bytes_read_per_trainer": read_per_trainer,
-        "startup_s": phases.seconds.get("startup", 0.0),
-        "sim_run_s": phases.seconds.get("simulation", 0.0),
-        "sim_compute_mean_s": _mean(sim.compute_s for sim in sims),
-        "sim_io_mean_s": _mean(sim_io),
-        "sim_io_max_s": max(sim_io, default=0.0),
-        "sim_io_gbps": _gbps(produced, sum(sim_io)),
-        "train_run_s": phases.seconds.get("training", 0.0),
-        "train_io_mean_s": _mean(train_io),
-        "train_io_max_s": max(train_io, default=0.0),
-        "train_io_gbps": _gbps(read_per_trainer, _mean(train_io)),
-        "train_io_aggregate_gbps": _gbps(read_per_trainer * len(trainers), max(train_io, default=0)),
-        "train_check_mean_s": _mean(t.check_s for t in trainers),
-        "train_epoch_mean_s": _mean(t.train_s for t in trainers),
-        "final_losses": [t.loss for t in trainers],
-        "shutdown_s": phases.seconds.get("shutdown", 0.0),
-        "peak_rss_main_bytes": common.peak_rss_bytes(),
-        "peak_rss_task_max_bytes": max([s.peak_rss_bytes for s in sims]
-                                       + [t.peak_rss_bytes for t in trainers], default=0),
-        "integrity_ok": integrity_ok,
+        **_timing_facts(sims, trainers, phases),
+        "integrity_ok": integrity_ok(args, sims, trainers),
         # where the files were (None: this transport keeps no data in files)
         "data_filesystem": filesystem_of(args.data_dir) if transport in DATA_IN_FILES else None,
         "io_includes": IO_INCLUDES.get(transport, {}),
@@ -228,6 +253,17 @@ def _seconds(run: float, io_mean: float, io_max: float, gbps: float | None) -> s
     return f"{run:8.2f} s / IO {io_mean:.3f} s mean, {io_max:.3f} s max{rate}"
 
 
+def _epochs(r: dict) -> str:
+    """E.g. "3 epoch(s) of 2.31 s mean, after a 0.05 s warm-up; loss 0.0123 -> 0.0042 (...)"."""
+    if not r["epochs"]:
+        return "none (--epochs 0: the data was moved and checked only)"
+    first = np.mean([losses[0] for losses in r["epoch_losses"]])
+    last = np.mean([losses[-1] for losses in r["epoch_losses"]])
+    loss = f"{first:.4g}" + (f" -> {last:.4g}" if r["epochs"] > 1 else "")
+    return (f"{r['epochs']} epoch(s) of {r['train_epoch_mean_s']:.2f} s mean, after a "
+            f"{r['train_warmup_mean_s']:.2f} s warm-up; loss {loss} (mean over the trainers)")
+
+
 def summary(record: dict) -> str:
     """A few lines that map onto the homework table's columns."""
     r = record
@@ -243,6 +279,7 @@ def summary(record: dict) -> str:
                                                  r['sim_io_max_s'], r['sim_io_gbps']),
         "Training run / IO time  : " + _seconds(r['train_run_s'], r['train_io_mean_s'],
                                                  r['train_io_max_s'], r['train_io_gbps']),
+        f"Training (not IO)       : {_epochs(r)}",
         f"Peak memory (RSS)       : head {r['peak_rss_main_bytes'] / GB:.2f} GB, "
         f"largest task {r['peak_rss_task_max_bytes'] / GB:.2f} GB",
         "Integrity               : " + (

@@ -52,12 +52,59 @@ def test_trainer_runs_one_epoch_with_a_finite_loss():
     for sim in sims:
         data.add(sim.index, sim.pairs)
     report = common.train(data, rank=0, kernel_size=3, io_s=0.0, cpu_threads=1)
-    assert report.samples == 30 and math.isfinite(report.loss) and report.device == "cpu"
+    assert report.samples == 30 and len(report.losses) == 1 and math.isfinite(report.loss)
+    assert report.device == str(common.pick_device())
+    assert report.train_s > 0 and report.warmup_s > 0
     assert report.bytes_read == sum(s.pairs.nbytes for s in sims)
     inputs, outputs = data.tensors()
     assert inputs.shape == outputs.shape == (30, 1, 16, 16) and inputs.dtype == torch.float32
     # the float32 copy holds the producer's values, each input paired with its own output
     np.testing.assert_allclose(outputs[10:20, 0].numpy(), sims[1].pairs[:, 1], rtol=1e-6, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def filled():
+    sims, data = _data(num_sims=4, n=16)
+    for sim in sims:
+        data.add(sim.index, sim.pairs)
+    return data
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5, 7, 9])
+def test_epochs_continue_training_one_model(filled, kernel_size):
+    """Each epoch continues from the last: the loss after 3 epochs is below the loss after 1
+    (a fresh model per epoch would start again from the first epoch's loss)."""
+    report = common.train(filled, rank=1, kernel_size=kernel_size, io_s=0.0, cpu_threads=1,
+                          epochs=3)
+    assert len(report.losses) == 3 and report.loss == report.losses[-1]
+    assert report.losses[2] < report.losses[0], report.losses
+    assert report.train_s > 0          # the mean of the epochs
+
+
+def test_the_warm_up_leaves_the_model_as_it_was(filled):
+    inputs, outputs = filled.tensors()
+    trainer = common.Trainer(inputs, outputs, kernel_size=3, device=torch.device("cpu"), seed=7)
+    before = {name: value.clone() for name, value in trainer.model.state_dict().items()}
+    assert trainer.warm_up() > 0
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+@pytest.mark.parametrize("device, pinned", [("cpu", False), ("cuda", True)])
+def test_batches_for_a_gpu_are_pinned(filled, device, pinned):
+    """non_blocking copies to a GPU overlap with the work only from pinned memory. Building
+    the trainer needs no GPU: the model moves to the device, the loader only says it pins."""
+    inputs, outputs = filled.tensors()
+    if device == "cuda" and not torch.cuda.is_available():
+        loader = common.Trainer.make_loader(inputs, outputs, torch.device(device), seed=0)
+    else:
+        loader = common.Trainer(inputs, outputs, 3, torch.device(device)).loader
+    assert loader.pin_memory is pinned and loader.batch_size == common.BATCH_SIZE
+
+
+def test_no_epochs_means_no_training(filled):
+    report = common.train(filled, rank=0, kernel_size=3, io_s=0.0, epochs=0)
+    assert report.losses == [] and report.loss is None and report.train_s == 0
 
 
 def test_integrity_check_accepts_everything_once():

@@ -4,12 +4,14 @@ before anything starts), and the check that fails a run whose trainers did not g
 each. The GPU count is set the one way both engines ask for it: $PC_GPUS_PER_NODE."""
 import itertools
 import os
+import subprocess
+import sys
 
 import pytest
 
 import common
 from plumbing import cli, records
-from conftest import TINY, read_records, run_script, script_env
+from conftest import ROOT, TINY, read_records, run_script, script_env
 
 NODES = [1, 2, 3, 4]
 GPUS = [0, 1, 2, 3, 4]
@@ -149,21 +151,73 @@ def test_a_bad_gpu_count_is_refused_in_one_line(workdir):
         "GPUs (0 or more) (see --help)"]
 
 
-def _trainer(rank, host="n1", device="cuda", visible="0", uuid="GPU-a", host_gpus=4):
+def _trainer(rank, host="n1", device="cuda", visible="0", uuid="GPU-a"):
     return common.TrainReport(rank=rank, kernel_size=3, device=device, host=host, bytes_read=0,
-                              samples=0, io_s=0, check_s=0, train_s=0, loss=None,
-                              peak_rss_bytes=0, gpu=visible, gpu_uuid=uuid, host_gpus=host_gpus)
+                              samples=0, io_s=0, check_s=0, warmup_s=0, train_s=0, losses=[],
+                              peak_rss_bytes=0, gpu=visible, gpu_uuid=uuid)
 
 
 def test_device_problems_are_found():
     ok = [_trainer(0, uuid="GPU-a"), _trainer(1, visible="1", uuid="GPU-b"),
           _trainer(2, host="n2", uuid="GPU-a")]                # the same GPU name on another node
-    assert records.device_problem(ok) is None
-    assert records.device_problem([_trainer(0, device="cpu", uuid="", host_gpus=0)]) is None
+    assert records.device_problem(ok, gpus_per_node=4) is None
+    assert records.device_problem([_trainer(0, device="cpu", uuid="")], gpus_per_node=0) is None
     shared = [_trainer(0, uuid="GPU-a"), _trainer(1, visible="1", uuid="GPU-a")]
-    assert "trainers 0 and 1 shared one GPU of n1" in records.device_problem(shared)
+    assert "trainers 0 and 1 shared one GPU of n1" in records.device_problem(shared, 4)
     on_cpu = [_trainer(0), _trainer(1, device="cpu", visible="", uuid="")]
-    assert "trainer 1 trained on the CPU of n1, which has 4 GPU(s)" in records.device_problem(on_cpu)
+    assert ("trainer 1 trained on the CPU of n1, whose node has 4 GPU(s)"
+            in records.device_problem(on_cpu, 4))
+
+
+def test_a_cpu_trainer_is_a_problem_whatever_gpu_it_was_shown():
+    """Slurm and the engines give each trainer CUDA_VISIBLE_DEVICES of its own GPU; a torch
+    that sees no GPU then trains on the CPU. The check compares with the nodes' GPU count
+    that the run was planned with, not with what the trainer itself could see."""
+    pinned_but_on_cpu = [_trainer(0, device="cpu", visible="0", uuid=""),
+                         _trainer(1, device="cpu", visible="1", uuid="")]
+    assert "trainer 0 trained on the CPU" in records.device_problem(pinned_but_on_cpu, 4)
+
+
+def _gpus_seen(dev, **env):
+    """hosts.gpus_per_node() in a fresh process with `env` (torch reads CUDA_VISIBLE_DEVICES
+    once per process): its answer, or its one-line refusal."""
+    code = ("import sys; from plumbing import hosts\n"
+            "try: print(hosts.gpus_per_node(sys.argv[1]))\n"
+            "except ValueError as error: print('refused:', error)")
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("PC_GPUS_PER_NODE", "CUDA_VISIBLE_DEVICES")}
+    out = subprocess.run([sys.executable, "-c", code, str(dev)], capture_output=True, text=True,
+                         cwd=ROOT, env={**clean, **env}, timeout=120, check=True)
+    return out.stdout.strip()
+
+
+NO_SUCH_GPU = "GPU-00000000-0000-0000-0000-000000000000"    # torch sees none, GPU host or not
+
+
+@pytest.mark.parametrize("visible", [None, "0,1", NO_SUCH_GPU])
+def test_gpu_device_files_that_torch_cannot_use_are_refused(tmp_path, visible):
+    """A GPU node (its device files) where torch sees no GPU: a CPU build of torch, or one
+    newer than the driver. Refused also when a batch system set CUDA_VISIBLE_DEVICES (Slurm
+    does in every GPU job), which used to pass as a deliberate CPU run."""
+    (tmp_path / "nvidia0").touch()
+    (tmp_path / "nvidiactl").touch()
+    env = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
+    import torch
+    if torch.cuda.is_available() and visible != NO_SUCH_GPU:
+        env["CUDA_VISIBLE_DEVICES"] = NO_SUCH_GPU       # this host's torch does see GPUs
+    answer = _gpus_seen(tmp_path, **env)
+    assert answer.startswith("refused: this node has GPUs") and "torch" in answer, answer
+
+
+@pytest.mark.parametrize("visible", ["", "-1"])
+def test_gpus_hidden_on_purpose_mean_a_cpu_run(tmp_path, visible):
+    (tmp_path / "nvidia0").touch()
+    assert _gpus_seen(tmp_path, CUDA_VISIBLE_DEVICES=visible) == "0"
+
+
+def test_no_gpu_device_files_mean_no_gpus_without_asking_torch(tmp_path):
+    assert _gpus_seen(tmp_path, CUDA_VISIBLE_DEVICES="0") == "0"
+    assert _gpus_seen(tmp_path, PC_GPUS_PER_NODE="3") == "3"
 
 
 def test_a_trainer_on_the_cpu_of_a_gpu_node_fails_the_run(workdir):
@@ -179,7 +233,8 @@ def test_a_trainer_on_the_cpu_of_a_gpu_node_fails_the_run(workdir):
     [record] = read_records(results)
     assert record["integrity_ok"] is True and record["devices_ok"] is False
     assert [t["visible"] for t in record["trainer_gpus"]] in (["0", "1"], ["1", "0"])
-    assert all(t["device"] == "cpu" and t["host_gpus"] == 2 for t in record["trainer_gpus"])
+    assert record["gpus_per_node"] == 2
+    assert all(t["device"] == "cpu" for t in record["trainer_gpus"])
     assert "Devices                 : FAILED" in proc.stdout
 
 
