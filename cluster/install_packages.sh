@@ -61,8 +61,34 @@ command -v apt-get >/dev/null || { say "missing ${packages[*]}, and there is no 
 say "installing Debian packages ${packages[*]} (for: ${why[*]}) with apt-get"
 install=(apt_get install -y -q --no-install-recommends "${packages[@]}")
 export DEBIAN_FRONTEND=noninteractive
+
+# The tools start their own daemons where and when they need them (sshd in the cluster's
+# nodes, munged and Slurm in cluster/slurm.sh, redis-server per run): the packages must not
+# start theirs on this machine (sshd on port 22, open to the network) or enable them at boot.
+# Debian's packages ask policy-rc.d before starting a service; 101 means "not now".
+POLICY=${PC_POLICY_RC_D:-/usr/sbin/policy-rc.d}
+if [[ ! -e $POLICY ]]; then
+    trap 'rm -f "$POLICY"' EXIT
+    printf '#!/bin/sh\n# made by install_packages.sh for one install; it removes it\nexit 101\n' \
+        > "$POLICY" && chmod 755 "$POLICY"
+fi
+units=(ssh munge slurmctld slurmd redis-server)
+was_enabled=()
+if command -v systemctl >/dev/null; then
+    for unit in "${units[@]}"; do
+        systemctl is-enabled --quiet "$unit" 2>/dev/null && was_enabled+=("$unit")
+    done
+fi
+
 # a fresh machine may have no package lists yet
 "${install[@]}" >&2 || { apt_get update -q >&2 && "${install[@]}" >&2; }
+
+if command -v systemctl >/dev/null; then      # nothing of ours starts at the next boot either
+    for unit in "${units[@]}"; do
+        [[ " ${was_enabled[*]} " == *" $unit "* ]] && continue
+        systemctl is-enabled --quiet "$unit" 2>/dev/null && systemctl disable --quiet "$unit" 2>/dev/null
+    done
+fi
 
 status=0
 for group in "${groups[@]}"; do

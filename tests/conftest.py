@@ -17,6 +17,22 @@ sys.path.insert(0, str(ROOT))
 
 # tiny but real: 16x16 grids, no emulated compute time
 TINY = ["--grid_size", "16", "--compute_time", "0"]
+HANG_GUARD_S = 180      # how long a test waits for what should end by itself, at most
+
+
+def unavailable(reason: str):
+    """Skip a test that cannot run here for want of a tool, a permission or a facility, saying
+    why. Under CI=true it fails instead: a CI that silently drops the multi-node, Slurm or
+    cluster tests would stay green without testing them. (Only a test that needs hardware
+    this machine lacks, a GPU, skips everywhere: pytest.skip.)"""
+    if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+        pytest.fail(f"CI=true, and this test cannot run here: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+# Workflow tests run their trainers on the CPU, also on a GPU host (they pass --num_trainers 2,
+# which one GPU would refuse); test_gpu.py runs on the GPUs where there are some
+CPU_ONLY = {"PC_GPUS_PER_NODE": "0", "CUDA_VISIBLE_DEVICES": ""}
 
 
 TAG = "PC_TEST_RUN"   # every process a test starts inherits this tag, so leftovers can be found
@@ -27,7 +43,7 @@ def script_env(tag=None, **overrides) -> dict:
 
     `tag` (e.g. the test's directory) marks the processes started with this environment.
     """
-    env = dict(os.environ)
+    env = {**os.environ, **CPU_ONLY}
     if tag is not None:
         env[TAG] = str(tag)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
@@ -158,8 +174,9 @@ def temp_leftovers() -> set:
 
 @pytest.fixture
 def nothing_left(workdir):
-    """After the test, within 20 s: no process it started is alive, its data directory is
-    empty, and it left nothing in /dev/shm or in the temporary directory.
+    """After the test, once its processes have ended: no process it started is alive, its
+    data directory is empty, and it left nothing in /dev/shm or in the temporary directory.
+    The wait is for a launcher still tearing down; its limit only guards against a hang.
 
     Dragon names a runtime's /dev/shm pools after its launcher's pid (last three digits), so
     pools of other Dragon runs on the machine are told apart from this test's; any other new
@@ -185,7 +202,7 @@ def nothing_left(workdir):
         return (sorted(shm) + sorted(temp_leftovers() - temp_before)
                 + os.listdir(workdir / "data") + leftover_processes(workdir))
 
-    deadline = time.monotonic() + 20        # a launcher may still be tearing down
+    deadline = time.monotonic() + HANG_GUARD_S
     while left() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert left() == []
@@ -333,7 +350,7 @@ def local_cluster():
     Whatever happens, the cluster is down at the end of the session."""
     reason = cluster_unavailable()
     if reason:
-        pytest.skip(reason)
+        unavailable(reason)
     clusters = LocalClusters()
     try:
         yield clusters
@@ -379,12 +396,46 @@ def pytest_sessionstart(session):
     use (sshd, mpiexec, Slurm, redis-server, shellcheck), installed where missing, in one
     place (cluster/install_packages.sh says what it installs). Without root or apt-get
     nothing is installed, and the tests that need a missing program skip, saying why."""
-    if hasattr(session.config, "workerinput") or os.geteuid() != 0:
+    if hasattr(session.config, "workerinput"):
+        return
+    session.config.stash[DAEMONS_BEFORE] = daemons()
+    if os.geteuid() != 0:
         return
     capture = session.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():
         subprocess.run(["bash", str(ROOT / "cluster" / "install_packages.sh"), "tests"],
                        timeout=1800)
+
+
+# the system services of the packages the tests install; the tests start their own copies
+# (in the cluster's nodes, or per run) and stop them
+DAEMON_NAMES = ("sshd", "redis-server", "munged", "slurmctld", "slurmd")
+DAEMONS_BEFORE = pytest.StashKey[set]()
+
+
+def daemons() -> set:
+    """(pid, name) of the live processes named in DAEMON_NAMES, in any PID namespace."""
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/comm") as f:
+                name = f.read().strip()
+            if name in DAEMON_NAMES:
+                found.add((int(pid), name))
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """After every test: no daemon is left running that was not running before the session
+    (installing the packages must not start their services; the tests stop their own)."""
+    if hasattr(session.config, "workerinput") or DAEMONS_BEFORE not in session.config.stash:
+        return
+    deadline = time.monotonic() + 30        # the last test's own may still be stopping
+    while (left := daemons() - session.config.stash[DAEMONS_BEFORE]) and time.monotonic() < deadline:
+        time.sleep(1)
+    if left:
+        print(f"\nleft running after the tests: {sorted(left)}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_xdist_make_scheduler(config, log):

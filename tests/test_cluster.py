@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from conftest import (CLUSTER_SCRIPT, CLUSTER_STATE, ROOT, TINY, cluster_command,
-                      leftover_processes, parse_exports, read_records)
+                      leftover_processes, parse_exports, read_records, unavailable)
 from test_multinode import installed_or_skip
 
 EXPORTED = {"PBS_NODEFILE", "PARSL_IFACE", "PC_DRAGON_ARGS", "PC_CLUSTER_NODES", "PC_CLUSTER_STATE",
@@ -145,7 +145,7 @@ def test_up_refuses_a_bad_node_count(local_cluster, bad):
 def test_up_refuses_without_root(local_cluster):
     local_cluster.down()
     if shutil.which("setpriv") is None:
-        pytest.skip("no setpriv")
+        unavailable("no setpriv (util-linux)")
     # the script on stdin: user nobody may not be allowed to read the clone (mktemp -d: 0700)
     with open(CLUSTER_SCRIPT) as script:
         proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
@@ -295,7 +295,7 @@ def test_ssh_between_nodes_and_nowhere_else(three):
     own = [line.split()[3].split("/")[0]
            for line in _lines(["ip", "-4", "-o", "addr", "show", "scope", "global"])]
     if not own:
-        pytest.skip("this machine has no global IPv4 address to try")
+        unavailable("this machine has no global IPv4 address to try")
     probe = ("import socket, sys\ns = socket.socket()\ns.settimeout(2)\n"
              "try:\n    s.connect((sys.argv[1], 22))\nexcept OSError as e:\n    print(e.errno)\n")
     out = three.run(1, [sys.executable, "-c", probe, own[0]], cwd=ROOT, timeout=60).stdout

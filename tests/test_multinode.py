@@ -10,7 +10,7 @@ import socket
 import psutil
 import pytest
 
-from conftest import TINY, run_script, script_env
+from conftest import TINY, run_script, script_env, unavailable
 
 
 def installed_or_skip(package: str, program: str) -> str:
@@ -18,7 +18,7 @@ def installed_or_skip(package: str, program: str) -> str:
     use are installed once, before any test starts (tests/conftest.py)."""
     path = shutil.which(program)
     if path is None:
-        pytest.skip(f"no {program}: Debian's {package} is not installed, and "
+        unavailable(f"no {program}: Debian's {package} is not installed, and "
                     "cluster/install_packages.sh could not install it (needs root and apt-get)")
     return path
 

@@ -2,6 +2,7 @@
 a real zmq server, tiny sizes. Every run leaves nothing behind (see nothing_left): no
 redis-server or zmq server, no store files, no processes."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,8 +13,8 @@ import pytest
 
 import common
 from plumbing import cli, hosts, proxystore_setup
-from conftest import ROOT, TINY, leftover_processes, read_records, run_end_to_end, run_script, \
-    script_env
+from conftest import (ROOT, TINY, leftover_processes, read_records, run_end_to_end, run_script,
+                      script_env, unavailable)
 from test_multinode import installed_or_skip, mpiexec, two_nodes  # noqa: F401 (fixtures)
 from test_reliability import SIMULATING, TRAINING, refused, run_args, wait_for_line
 
@@ -123,7 +124,7 @@ def test_two_nodes_reach_the_store_over_the_cluster_address(nothing_left, reques
     names, env = two_nodes
     iface = cluster_interface()
     if iface is None:
-        pytest.skip("no network interface with an IPv4 address besides loopback")
+        unavailable("no network interface with an IPv4 address besides loopback")
     env = dict(env, PC_TEST_RUN=str(workdir), PARSL_IFACE=iface)
     proc = run_script([SCRIPT, "--proxystore", connector,
                        *run_args(workdir, "--num_sims", 8, "--num_trainers", 2, *TINY)],
@@ -154,6 +155,30 @@ def test_a_node_server_dies_with_the_process_that_started_it(nothing_left):
         assert servers(nothing_left) == []
     finally:
         owner.kill()
+
+
+def test_the_redis_server_lets_in_only_who_has_its_password(nothing_left, redis_server):
+    """Any job on a shared node can reach the server's port: it asks for a password, which
+    is in no command line (ps shows those to every user) and in a file only we can read."""
+    import redis
+    from plumbing.proxystore_redis import PasswordRedisConnector
+    address = proxystore_setup.LOOPBACK
+    server, port, password = proxystore_setup.start_redis(address, str(nothing_left / "r"), 2**20)
+    try:
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host=address, port=port).get("anything")
+        with open(f"/proc/{server.pid}/cmdline", "rb") as f:
+            assert password.encode() not in f.read()
+        assert os.stat(nothing_left / "r" / "redis.conf").st_mode & 0o077 == 0
+        connector = PasswordRedisConnector.from_config(
+            PasswordRedisConnector(address, port, password).config())  # as a worker makes it
+        key = connector.put(b"pairs")
+        assert connector.get(key) == b"pairs"
+        connector.evict(key)
+        connector.close()
+    finally:
+        proxystore_setup._stop(server)
+        shutil.rmtree(nothing_left / "r")
 
 
 def test_an_unknown_connector_is_refused(nothing_left):
@@ -194,7 +219,7 @@ def test_the_memory_check_counts_proxies_honestly(nothing_left, redis_server):
     one = common.data_bytes(1, 512)
     available = hosts.available_memory_bytes()
     if not available:
-        pytest.skip("no /proc/meminfo")
+        unavailable("no /proc/meminfo")
 
     def check(connector, num_sims, trainers):
         parser = cli.make_parser("test")

@@ -4,7 +4,7 @@ import json
 import pytest
 
 import report
-from conftest import run_script
+from conftest import run_script, unavailable
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -177,7 +177,7 @@ def test_the_file_system_of_a_path_is_the_one_findmnt_names(path):
     out = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE,TARGET", "--target", path],
                          capture_output=True, text=True)
     if out.returncode != 0:
-        pytest.skip(f"findmnt cannot tell: {out.stderr.strip()}")
+        unavailable(f"findmnt cannot tell: {out.stderr.strip()}")
     fs_type, source, target = out.stdout.splitlines()[-1].split(maxsplit=2)
     assert records.filesystem_of(path) == {"type": fs_type, "source": source,
                                            "mount_point": target}
