@@ -8,6 +8,7 @@ lifecycle         progress, waiting for tasks, the run directory, Ctrl-C and err
 parsl_setup       Parsl's configuration and warm workers (5, 6)
 parsl_launchers   mpiexec and srun, one Parsl manager per node
 proxystore_setup  ProxyStore's stores and servers, and the by-proxy wrapper (5 --proxystore)
+proxystore_redis  ProxyStore's Redis connector with a password
 dragon_launch     `python 8_...` under `dragon`, the head linked to where it was started (7, 8)
 dragon_setup      Dragon's placement, processes and queues (8)
 ddict_io          how the pairs sit in the DDict, written and read (8)

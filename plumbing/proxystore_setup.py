@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -130,24 +131,28 @@ def _wait_until(ready, process: subprocess.Popen, what: str, log_path: str | Non
 
 
 def start_redis(address: str, directory: str,
-                max_value_bytes: int) -> tuple[subprocess.Popen, int]:
-    """A redis-server for this run alone: no persistence, its files in `directory`."""
+                max_value_bytes: int) -> tuple[subprocess.Popen, int, str]:
+    """A redis-server for this run alone: no persistence, its files in `directory`, and a
+    password of its own, so that no other job on a shared node can read or change the data.
+    The password is in a file only this user can read (a command line is visible to all)
+    and travels to the workers inside the proxies. Returns (server, port, password)."""
     import redis
     os.makedirs(directory, exist_ok=True)
     port = _free_port(address)
+    password = secrets.token_hex(32)
+    settings = {"port": port, "bind": address, "requirepass": password, "protected-mode": "yes",
+                "save": '""', "appendonly": "no", "dir": directory, "daemonize": "no",
+                # its own title would overwrite its command line and environment: ps could
+                # then not tell whose server it is
+                "set-proc-title": "no",
+                # a value is one serialized simulation; Redis refuses bulks above 512 MB
+                "proto-max-bulk-len": max(512 * 2**20, 2 * max_value_bytes)}
+    config = os.path.join(directory, "redis.conf")
+    with open(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.writelines(f"{name} {value}\n" for name, value in settings.items())
     log_path = os.path.join(directory, "redis.log")
-    argv = ["redis-server", "--port", str(port), "--bind", address,
-            # protected mode refuses clients from other hosts when no password is set: keep
-            # it on loopback, lift it for the cluster address the workers connect to
-            "--protected-mode", "yes" if address.startswith("127.") else "no",
-            "--save", "", "--appendonly", "no", "--dir", directory, "--daemonize", "no",
-            # its own title would overwrite its command line and environment: ps could then
-            # not tell whose server it is
-            "--set-proc-title", "no",
-            # a value is one serialized simulation; Redis refuses bulks above 512 MB by default
-            "--proto-max-bulk-len", str(max(512 * 2**20, 2 * max_value_bytes))]
-    server = _start(argv, log_path)
-    client = redis.Redis(host=address, port=port)
+    server = _start(["redis-server", config], log_path)
+    client = redis.Redis(host=address, port=port, password=password)
 
     def ready():
         try:
@@ -162,7 +167,7 @@ def start_redis(address: str, directory: str,
         raise
     finally:
         client.close()
-    return server, port
+    return server, port, password
 
 
 def _zmq_answers(address: str, port: int) -> bool:
@@ -214,10 +219,11 @@ def open_store(connector: str | None, run_dir: str, num_nodes: int, max_value_by
     store = None
     try:
         if connector == "redis":
-            from proxystore.connectors.redis import RedisConnector
-            server, port = start_redis(address, os.path.join(run_dir, "redis"), max_value_bytes)
+            server, port, password = start_redis(address, os.path.join(run_dir, "redis"),
+                                                 max_value_bytes)
             servers.append(server)
-            backend = RedisConnector(address, port, clear=True)
+            from plumbing.proxystore_redis import PasswordRedisConnector
+            backend = PasswordRedisConnector(address, port, password, clear=True)
         elif connector == "file":
             from proxystore.connectors.file import FileConnector
             backend = FileConnector(os.path.join(run_dir, "proxystore"), clear=True)
