@@ -6,7 +6,7 @@ the interchange to the head process. Each trainer task receives ALL the simulati
 data as arguments, so the head pickles everything again and ships one copy per trainer.
 No file system and no data store: the head process is the hub every byte goes through.
 
-With --proxystore CONNECTOR the same two functions run, wrapped (proxystore_setup.ByProxy):
+With --proxystore CONNECTOR the same two functions run, wrapped (proxystore_setup.ThroughStore):
 the arrays go into a ProxyStore store (redis, file or zmq) where they are made, and
 only small proxies travel through Parsl; each trainer's wrapper resolves them from the
 store before the trainer's body runs. See docs/proxystore.md.
@@ -21,8 +21,6 @@ What the IO times include (plumbing/records.py writes it into the record):
 """
 import dataclasses
 import time
-
-from parsl.app.app import python_app
 
 import common
 from plumbing import cli, lifecycle, parsl_setup, proxystore_setup, records
@@ -54,16 +52,6 @@ def trainer(rank, kernel_size, manifest, sims, grid_size, num_trainers, cpu_thre
                         epochs)
 
 
-def apps(store=None):
-    """The two functions as Parsl apps: as they are (by value), or wrapped so that their
-    arrays travel through `store` and only proxies through Parsl. The bodies are the same."""
-    def wrap(function):
-        return function if store is None else proxystore_setup.ByProxy(function, store)
-
-    return (python_app(wrap(simulation), executors=[parsl_setup.SIMULATORS]),
-            python_app(wrap(trainer), executors=[parsl_setup.TRAINERS]))
-
-
 def main(argv=None) -> int:
     parser = cli.make_parser(__doc__.splitlines()[0])
     proxystore_setup.add_argument(parser)
@@ -77,18 +65,16 @@ def main(argv=None) -> int:
     phases = records.Phases()
     # leaving these blocks, also on an error or Ctrl-C, stops the workers, empties and stops
     # the store, and removes Parsl's run files
-    value_bytes = common.data_bytes(1, args.grid_size)
-    with lifecycle.run_directory(args.data_dir, "fut" if args.proxystore is None
-                                 else f"ps-{args.proxystore}", args.keep_data) as run_dir, \
-            proxystore_setup.open_store(args.proxystore, run_dir, args.num_nodes,
-                                        value_bytes) as store, \
+    with lifecycle.run_directory(args.data_dir, transport.removeprefix("parsl+"),
+                                 args.keep_data) as run_dir, \
+            proxystore_setup.passing(args.proxystore, run_dir, args.num_nodes,
+                                     common.data_bytes(1, args.grid_size)) as passing, \
             parsl_setup.workflow(run_dir, args.num_sims, args.num_trainers,
                                  args.num_nodes) as layout:
-        if store is not None:       # every worker imports ProxyStore and connects, once
-            proxystore_setup.warm_up(store, layout)
-        lifecycle.log(f"{transport}: {layout}, warm after {phases.lap('startup'):.2f} s"
-                      + ("" if store is None else f"; store: {proxystore_setup.describe(store)}"))
-        simulation_app, trainer_app = apps(store)
+        passing.warm_up(layout)
+        lifecycle.log(f"{transport}: {layout}, warm after {phases.lap('startup'):.2f} s; {passing}")
+        simulation_app = passing.app(simulation, parsl_setup.SIMULATORS)
+        trainer_app = passing.app(trainer, parsl_setup.TRAINERS)
 
         # a done-callback runs in the head the moment a result has arrived and been unpickled
         arrived_at = {}
@@ -98,9 +84,7 @@ def main(argv=None) -> int:
             future = simulation_app(i, periods[i], args.grid_size, args.compute_time)
             future.add_done_callback(lambda _, i=i: arrived_at.setdefault(i, time.time()))
             futures.append(future)
-        results = lifecycle.results_of(futures, "simulation")
-        if store is not None:
-            results, sim_splits = proxystore_setup.unwrap(results)
+        results = passing.results(futures, "simulation")
         lifecycle.log(f"{len(results)} simulations done in {phases.lap('simulation'):.2f} s")
         sims = [sim for sim, _, _ in results]
         manifest = [dataclasses.replace(report, io_s=arrived_at[report.index] - sent_at)
@@ -112,16 +96,10 @@ def main(argv=None) -> int:
                                sims, args.grid_size, args.num_trainers, layout.cpu_threads,
                                args.epochs, submitted_at=time.time())
                    for rank in range(args.num_trainers)]
-        trainers = lifecycle.results_of(futures, "trainer")
-        if store is not None:
-            trainers, train_splits = proxystore_setup.unwrap(trainers)
+        trainers = passing.results(futures, "trainer")
         lifecycle.log(f"{len(trainers)} trainers done in {phases.lap('training'):.2f} s")
-        extra = {}
-        if store is not None:       # nothing may stay in the store after the run
-            extra["proxystore"] = proxystore_setup.record(
-                store, args.proxystore, sim_splits, train_splits,
-                proxystore_setup.evict(store, sims))
-            phases.lap("evict")
+        extra = passing.finish(sims)    # by proxy: nothing may stay in the store
+        phases.lap("evict")
         del sims
     phases.lap("shutdown")
     record = records.make_record(args, transport, manifest, trainers, phases, hosts=layout.hosts,

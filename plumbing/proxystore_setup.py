@@ -33,6 +33,7 @@ import sys
 import time
 
 import numpy as np
+from parsl.app.app import python_app
 
 import common
 from plumbing import lifecycle, parsl_setup, records
@@ -413,3 +414,58 @@ def record(store, connector: str, sim_splits: list[dict], train_splits: list[dic
                f"{entry['train_deserialize_mean_s']:.3f} s (means); "
                f"{entry['keys_evicted']} keys evicted, {entry['keys_left']} left")
     return entry
+
+
+# --------------------------------------------------------------------------- for script 5
+class ByValue:
+    """Parsl's own way: the data travel in the apps' results and arguments, through the head."""
+
+    def __str__(self) -> str:
+        return "data by value through the head"
+
+    def app(self, function, executor: str):
+        return python_app(function, executors=[executor])
+
+    def warm_up(self, layout: parsl_setup.Layout) -> None:
+        pass
+
+    def results(self, futures: list, kind: str) -> list:
+        return lifecycle.results_of(futures, kind)
+
+    def finish(self, sims) -> dict:
+        return {}
+
+
+class ThroughStore(ByValue):
+    """The same apps, wrapped (ByProxy): the arrays go into `store`, proxies through Parsl."""
+
+    def __init__(self, store, connector: str):
+        self.store, self.connector = store, connector
+        self.splits: dict[str, list[dict]] = {}
+
+    def __str__(self) -> str:
+        return f"data by proxy, store: {describe(self.store)}"
+
+    def app(self, function, executor: str):
+        return python_app(ByProxy(function, self.store), executors=[executor])
+
+    def warm_up(self, layout: parsl_setup.Layout) -> None:
+        warm_up(self.store, layout)         # every worker imports ProxyStore and connects
+
+    def results(self, futures: list, kind: str) -> list:
+        values, self.splits[kind] = unwrap(lifecycle.results_of(futures, kind))
+        return values
+
+    def finish(self, sims) -> dict:
+        """Nothing may stay in the store: evict what the simulations put, and say what ran."""
+        evicted = evict(self.store, sims)
+        return {"proxystore": record(self.store, self.connector, self.splits["simulation"],
+                                     self.splits["trainer"], evicted)}
+
+
+@contextlib.contextmanager
+def passing(connector: str | None, run_dir: str, num_nodes: int, max_value_bytes: int):
+    """How script 5 passes its data: ByValue without a connector, else ThroughStore with the
+    store open (its contents removed and its servers stopped on every way out)."""
+    with open_store(connector, run_dir, num_nodes, max_value_bytes) as store:
+        yield ByValue() if store is None else ThroughStore(store, connector)
