@@ -68,11 +68,9 @@ def worker_init() -> str:
 
 
 def launch_cmd(scratch: str) -> str:
-    """Parsl's command that starts a manager, with $TMPDIR in a folder of its own.
-
-    A manager's multiprocessing helpers make pymp-* folders in $TMPDIR, and Parsl stops the
-    managers with SIGTERM, so they were never removed (4 per run). The folder, on each
-    node's own temporary disk, goes when the manager does.
+    """Parsl's command that starts a manager, with $TMPDIR in a folder of its own that goes
+    when the manager does: its multiprocessing helpers make pymp-* folders in $TMPDIR, and a
+    manager stopped by Parsl's SIGTERM does not remove them itself.
     """
     if not re.fullmatch(r"[\w./-]+", scratch):     # goes into shell and str.format unquoted
         return DEFAULT_LAUNCH_CMD
@@ -105,6 +103,14 @@ def interchange_address(interface: str | None = None) -> str | None:
     return address
 
 
+def _encrypted(multi_node: bool) -> bool:
+    """CurveZMQ between the interchange and the managers: on by default across nodes (the
+    interchange listens on a network others share), off on loopback, where it only slows
+    large payloads; $PARSL_ENCRYPTED=1/0 decides otherwise."""
+    setting = os.environ.get("PARSL_ENCRYPTED", "").strip()
+    return setting not in ("0", "false", "no") if setting else multi_node
+
+
 def make_config(run_dir: str, sim_workers: int, trainer_workers: int, gpus: int = 0, *,
                 hosts: list[str] | None = None, interface: str | None = None,
                 encrypted: bool | None = None) -> Config:
@@ -117,24 +123,14 @@ def make_config(run_dir: str, sim_workers: int, trainer_workers: int, gpus: int 
     hosts = allocation.node_hosts() if hosts is None else list(hosts)
     multi_node = len(hosts) > 1
     slurm = multi_node and allocation.in_slurm_job()
-    if multi_node:
-        address = interchange_address(interface)
-        mpi = None if slurm else mpi_launcher(mpi_flavour(), hosts)
-    else:
-        address, mpi = "127.0.0.1", None
-
-    def launcher(accelerators: int):
-        """One manager per node: srun in a Slurm job (the trainers' with the GPUs), else mpiexec."""
-        if not multi_node:
-            return SingleNodeLauncher()
-        return srun_launcher(hosts, accelerators) if slurm else mpi
-    if encrypted is None:
-        setting = os.environ.get("PARSL_ENCRYPTED", "")
-        # across nodes the interchange listens on a shared network: encrypt unless told not to;
-        # on loopback CurveZMQ only slows large payloads (1.6-1.9x measured)
-        encrypted = setting.strip() not in ("0", "false", "no") if setting else multi_node
+    address = interchange_address(interface) if multi_node else "127.0.0.1"
+    mpi = mpi_launcher(mpi_flavour(), hosts) if multi_node and not slurm else None
+    encrypted = _encrypted(multi_node) if encrypted is None else encrypted
 
     def executor(label: str, workers: int, accelerators: int = 0) -> HighThroughputExecutor:
+        # one manager per node: srun in a Slurm job (the trainers' with the GPUs), else mpiexec
+        launcher = (SingleNodeLauncher() if not multi_node
+                    else srun_launcher(hosts, accelerators) if slurm else mpi)
         return HighThroughputExecutor(
             label=label,
             address=address,
@@ -147,8 +143,7 @@ def make_config(run_dir: str, sim_workers: int, trainer_workers: int, gpus: int 
             launch_cmd=launch_cmd(os.path.join(tempfile.gettempdir(),
                                                f"{os.path.basename(run_dir)}-{label}")),
             provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1,
-                                   nodes_per_block=max(len(hosts), 1),
-                                   launcher=launcher(accelerators),
+                                   nodes_per_block=max(len(hosts), 1), launcher=launcher,
                                    worker_init=worker_init()),
         )
 
