@@ -7,10 +7,12 @@
 # this file the first time, installs the pinned requirements.txt into it, and activates it.
 # Sourcing it again only activates: it reinstalls only when requirements.txt changed.
 #
-# On ALCF Polaris (a login node or a job) it loads the site's conda module, creates a virtual
-# environment on top of conda's base (--system-site-packages: conda's own packages stay
-# visible, pip adds what requirements.txt pins and conda lacks) in .venv-polaris next to this
-# file the first time, and activates it; then it puts what Parsl and Dragon need on PATH.
+# On ALCF Polaris (a login node: compute nodes cannot reach the package index) it loads the
+# site's conda module, creates a virtual environment on top of conda's base
+# (--system-site-packages) in .venv-polaris next to this file the first time, and activates
+# it; then it puts what Parsl and Dragon need on PATH. Conda's torch and numpy (built for
+# Polaris's CUDA and driver) are kept, not replaced by the pinned wheels: the venv's
+# platform-packages.txt names them, and every run's record names the versions it used.
 #
 # Anywhere else (a Slurm machine such as Perlmutter, a login node or inside a job) it is the
 # local set-up. The environment is made with python3 when that is 3.11 or newer (DragonHPC 0.15
@@ -51,8 +53,30 @@ _pc_make_env() {
     fi
     if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$wanted" ]]; then
         echo "0_activate_env.sh: installing requirements.txt into $venv (once)" >&2
+        # torch and numpy that the platform's Python provides (conda's on Polaris, built for
+        # its CUDA and driver) stay as they are: the other pins are installed around them
+        "$venv/bin/python" - "$_pc_root/requirements.txt" "$venv" <<'PY' || return 1
+import importlib.metadata as metadata, os, sys
+requirements, venv = sys.argv[1], os.path.realpath(sys.argv[2])
+kept = []
+for name in ("torch", "numpy"):
+    try:
+        where = os.path.realpath(metadata.distribution(name).locate_file(""))
+    except metadata.PackageNotFoundError:
+        continue
+    if not where.startswith(venv + os.sep):
+        kept.append(f"{name}=={metadata.version(name)}")
+with open(os.path.join(venv, "platform-packages.txt"), "w") as f:
+    f.writelines(line + "\n" for line in kept)
+names = {line.split("==")[0] for line in kept}
+with open(requirements) as f, open(os.path.join(venv, "requirements-installed.txt"), "w") as out:
+    out.writelines(line for line in f if line.split("==")[0].strip() not in names)
+PY
+        if [[ -s $venv/platform-packages.txt ]]; then
+            echo "0_activate_env.sh: keeping the platform's $(tr '\n' ' ' < "$venv/platform-packages.txt")" >&2
+        fi
         "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-            -r "$_pc_root/requirements.txt" || return 1
+            -r "$venv/requirements-installed.txt" -c "$venv/platform-packages.txt" || return 1
         echo "$wanted" > "$stamp"
     fi
     # shellcheck disable=SC1091
