@@ -17,16 +17,21 @@
 #     move and check the data (--epochs 0), and the rule "one trainer per GPU" would refuse 2
 #     and 4 of them on a 1-GPU machine, so they run with CUDA hidden: a CPU-side measurement of
 #     the machine's cores, memory and file system;
-#  4. prints a summary: the GPUs as nvidia-smi lists them, torch, and each run's IO figures.
+#  4. measures what the trainer's warm-up and pinned batches are worth on the GPU
+#     (benchmarks/gpu_warmup.py: the first epoch with and without the warm-up, a batch's copy
+#     from pageable and from pinned memory);
+#  5. prints a summary: the GPUs as nvidia-smi lists them, torch, and each run's IO figures.
 #
 # OUTDIR gets (8 files at most): summary.txt, check.log (everything printed), records.jsonl
-# (the runs' records), env.txt (GPUs, torch, packages), bench.txt and bench.json (the benchmark).
+# (the runs' records), env.txt (GPUs, torch, packages), bench.txt and bench.json (the benchmark),
+# warmup.json (step 4).
 # Exit status: 0 only when every step passed.
 #
 # Settings, from the environment:
 #   GPU_CHECK_PYTHON=python3        the Python whose CUDA torch the trainers use
 #   GPU_CHECK_WHEELS=gpu-wheels     the folder of benchmarks/gpu_wheels.sh
-#   GPU_CHECK_VENV=$TMPDIR/pc-gpu-check-venv   the environment (reused when it matches)
+#   GPU_CHECK_VENV=.venv-gpu-check  the environment (reused when it matches and is this
+#                                   user's own, writable by nobody else; else refused)
 #   GPU_CHECK_SCRIPTS="6 8 5"       the runs, in order (5-file: 5_... --proxystore file)
 #   GPU_CHECK_SIMS=16 GPU_CHECK_GRID=256 GPU_CHECK_EPOCHS=1   their size
 #   GPU_CHECK_BENCH_RUNS=16x256,16x512 GPU_CHECK_BENCH_READERS=1,2,4   (GPU_CHECK_BENCH=0: none)
@@ -42,7 +47,7 @@ cd "$root" || exit 1
 out=${1:-${OUT:-$root/results/gpu-check-$(date +%Y%m%d-%H%M%S)}}
 PY=${GPU_CHECK_PYTHON:-python3}
 wheels=${GPU_CHECK_WHEELS:-$root/gpu-wheels}
-venv=${GPU_CHECK_VENV:-${TMPDIR:-/tmp}/pc-gpu-check-venv}
+venv=${GPU_CHECK_VENV:-$root/.venv-gpu-check}
 scripts=${GPU_CHECK_SCRIPTS:-6 8 5}
 sims=${GPU_CHECK_SIMS:-16}
 grid=${GPU_CHECK_GRID:-256}
@@ -56,7 +61,7 @@ allow_cpu=${GPU_CHECK_ALLOW_CPU:-0}
 
 mkdir -p "$out" || exit 1
 out=$(cd "$out" && pwd)
-rm -f "$out"/{summary.txt,check.log,records.jsonl,env.txt,bench.txt,bench.json}
+rm -f "$out"/{summary.txt,check.log,records.jsonl,env.txt,bench.txt,bench.json,warmup.json}
 exec > >(tee -a "$out/check.log") 2>&1
 tee_pid=$!
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/pc-gpu-check.XXXXXX") || exit 1
@@ -129,6 +134,10 @@ cat "$out/env.txt"
 while IFS= read -r line; do note "nvidia-smi: $line"; done <<< "$gpus"
 
 # ------------------------------------------------------------------ 1. the environment
+# an environment is sourced and run: only one that this user owns and nobody else can change
+if [[ -e $venv ]] && [[ ! -O $venv || -n $(find "$venv" -maxdepth 2 -perm /022 ! -type l -print -quit) ]]; then
+    die "$venv is not this user's own, or others can write in it: remove it or set GPU_CHECK_VENV"
+fi
 if ! base_version=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])'); then
     die "no Python at $PY (set GPU_CHECK_PYTHON)"
 fi
@@ -328,6 +337,21 @@ for error in json.load(open(sys.argv[1])).get("errors", []):
     fi
 fi
 
-# ------------------------------------------------------------------ 4. the summary
+# ------------------------------------------------------------------ 4. warm-up and pinned copies
+if (( $(left) > 90 )); then
+    echo
+    say "benchmarks/gpu_warmup.py --grid_size $grid"
+    if timeout $(( $(left) - 60 )) python benchmarks/gpu_warmup.py --grid_size "$grid" \
+            --output "$out/warmup.json" < /dev/null > "$scratch/warmup.txt" 2>&1; then
+        while IFS= read -r line; do say "$line"; note "warm-up: $line"; done < "$scratch/warmup.txt"
+    else
+        cat "$scratch/warmup.txt"
+        fail "benchmarks/gpu_warmup.py failed"
+    fi
+else
+    fail "warm-up measurement: not run, the budget ($budget s) is spent"
+fi
+
+# ------------------------------------------------------------------ 5. the summary
 write_summary
 exit $((${#failures[@]} ? 1 : 0))
