@@ -77,5 +77,5 @@ if ((total > limit_mib * 1048576)); then
 fi
 if [[ $dir == "$root"/* ]]; then
     echo "carry [\"${dir#"$root"/}\"] with the tree and run: bash benchmarks/gpu_check.sh" \
-         "(docs/performance.md, GPU check)"
+         "(docs/dev/performance.md, GPU check)"
 fi
