@@ -346,11 +346,11 @@ def io_notes(records: list[dict]) -> list[tuple[dict, str]]:
     return list(notes.values())
 
 
-def render_markdown(records: list[dict], machine: str) -> str:
-    """The homework table and the details table of the records that pass their checks, with
-    the line that says which runs are left out and why (one per run: when, what)."""
+def homework_table(records: list[dict]) -> list[str]:
+    """The homework table of the records that pass their checks, after a list of the runs
+    left out and why (one line each: when, what), and before the note on shared machines."""
     shown_records, left_out = sort_out(records)
-    lines = [f"Measured on {machine}.", ""]
+    lines = []
     if left_out:
         lines += [left_out_line(left_out) + " They are in neither table nor the plots:", ""]
         lines += [f"- {transport_name(r)}, {nodes_label(r)}, {gigabytes(r['bytes_produced'])} GB, "
@@ -358,7 +358,14 @@ def render_markdown(records: list[dict], machine: str) -> str:
                   + (f": {r['devices_problem']}" if r.get("devices_problem") else "")
                   for r in left_out] + [""]
     lines += markdown_table(HOMEWORK_HEADER, []) + homework_rows(shown_records)
-    lines += [""] + shared_machine_note(shown_records)
+    return lines + [""] + shared_machine_note(shown_records)
+
+
+def render_markdown(records: list[dict], machine: str) -> str:
+    """The homework table and the details table of the records that pass their checks, with
+    the line that says which runs are left out and why (one per run: when, what)."""
+    shown_records = sort_out(records)[0]
+    lines = [f"Measured on {machine}.", ""] + homework_table(records)
     lines += ["Run time: wall time of the phase in the workflow's head process. IO time: the "
               "mean over tasks of the time each simulation spent handing its data to the "
               "transport, and each trainer spent receiving all the data; the max over tasks "
@@ -592,6 +599,20 @@ def append_rows(path: str, rows: list[str]) -> int:
     return at + 1
 
 
+def fill_readme(text: str, records: list[dict]) -> str:
+    """`text` with its generated blocks made anew from `records`: the homework table between
+    <!-- sample:begin --> and <!-- sample:end -->, the observations between
+    <!-- observations:begin --> and <!-- observations:end -->. ValueError where a pair is missing."""
+    for name, block in (("sample", "\n".join(homework_table(records)).strip()),
+                        ("observations", observations(records).strip())):
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        if begin not in text or end not in text:
+            raise ValueError(f"no {begin} ... {end} block")
+        head, rest = text.split(begin, 1)
+        text = f"{head}{begin}\n{block}\n{end}{rest.split(end, 1)[1]}"
+    return text
+
+
 # --------------------------------------------------------------------------- plots
 def machine_label(records: list[dict], given: str | None = None) -> str:
     """'host (N cores, trainers on CPU), 2026-11-24': cores only when the records come from
@@ -793,6 +814,8 @@ def main(argv=None) -> int:
     parser.add_argument("--append-to", metavar="FILE",
                         help="add the homework rows to the homework table in this Markdown file")
     parser.add_argument("--machine", help="how to name the machine in titles (default: from the records)")
+    parser.add_argument("--readme", metavar="FILE",
+                        help="make FILE's generated blocks (sample, observations) anew from the records")
     args = parser.parse_args(argv)
 
     try:
@@ -814,6 +837,15 @@ def main(argv=None) -> int:
     if args.plots:
         for path in make_plots(records, args.plots, machine):
             print(f"Plot written to {path}")
+    if args.readme:
+        try:
+            with open(args.readme) as f:
+                filled = fill_readme(f.read(), records)
+        except (OSError, ValueError) as error:
+            parser.exit(1, f"report.py: error: {args.readme}: {error}\n")
+        with open(args.readme, "w") as f:
+            f.write(filled)
+        print(f"Generated blocks of {args.readme} made anew")
     if args.append_to:
         rows = homework_rows(records)
         try:
