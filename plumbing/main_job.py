@@ -485,7 +485,17 @@ class Interrupted(Exception):
 
 
 KILL_AFTER_S = 60       # a run that does not end within this after its SIGINT is killed
-OUTPUT_GRACE_S = 5      # a process a run left behind may hold its output open: not forever
+LINGER_S = 10           # how long the processes a run started may outlive it (its engine's
+                        # servers ending, or one left behind, holding the output open)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of the group is still there (a run's own group: its pid)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def now() -> str:
@@ -536,10 +546,11 @@ class Job:
         return process.returncode if process.returncode >= 0 else 128 - process.returncode
 
     def _follow(self, process: subprocess.Popen, log, echo: bool) -> tuple[bool, bool]:
-        """Copy the run's output until it ends; signal it at its time-out."""
+        """Copy the run's output until it and what it started have ended (LINGER_S at most
+        after it); signal it at its time-out."""
         fd, deadline = process.stdout.fileno(), time.monotonic() + self.settings.run_timeout
         kill_at = ended_at = None
-        killed = False
+        killed = eof = False
         while True:
             moment = time.monotonic()
             if process.poll() is None:
@@ -549,14 +560,15 @@ class Job:
                 elif kill_at is not None and moment > kill_at and not killed:
                     process.kill()
                     killed = True
-            elif ended_at is None:
-                ended_at = moment
-            elif moment > ended_at + OUTPUT_GRACE_S:
-                break
-            if select.select([fd], [], [], 0.2)[0]:
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
+            else:
+                ended_at = ended_at or moment
+                if (eof and not group_alive(process.pid)) or moment > ended_at + LINGER_S:
                     break
+            if eof:
+                time.sleep(0.1)
+            elif select.select([fd], [], [], 0.2)[0]:
+                chunk = os.read(fd, 1 << 16)
+                eof = not chunk
                 log.write(chunk)
                 log.flush()
                 if echo:
@@ -781,9 +793,10 @@ def report(settings: Settings, records: str) -> bool:
 def outputs(settings: Settings, records: str) -> None:
     print(f"Outputs in {settings.results_dir}/:")
     if os.path.exists(records) and os.path.getsize(records):
+        plots = sorted(name for name in os.listdir(settings.results_dir) if name.endswith(".png"))
         print("  records.jsonl  one JSON record per run (the raw numbers)\n"
               "  table.md       the homework table, and IO max / GB/s / host / date\n"
-              "  io_vs_size.png time_breakdown.png   the plots")
+              f"  {' '.join(plots)}   the plots")
     print("  logs/          each run's output; job.txt: this job's settings")
 
 

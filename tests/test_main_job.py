@@ -3,10 +3,12 @@ table and the plots. Real Parsl, real Dragon, real files; a few minutes on two c
 import dataclasses
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
 import shutil
+import threading
 import time
 
 import pytest
@@ -81,8 +83,9 @@ def test_main_job_fills_the_table_for_every_transport(tmp_path):
         assert (results / name).stat().st_size > 10_000
     assert f"Outputs in {results}/" in proc.stdout
     # the data directory is gone, nothing was left in the repository or the working directory
-    assert sorted(os.listdir(results)) == ["io_vs_size.png", "job.txt", "logs", "records.jsonl",
-                                           "table.md", "time_breakdown.png"]
+    # (besides report.py's plots)
+    assert sorted(name for name in os.listdir(results) if not name.endswith(".png")) == [
+        "job.txt", "logs", "records.jsonl", "table.md"]
     assert sorted(os.listdir(tmp_path)) == ["results"]
     assert leftover_processes(tmp_path) == []
 
@@ -352,28 +355,40 @@ def test_a_plan_longer_than_the_walltime_left_is_refused(tmp_path):
     assert "walltime     59 min left, enough for the estimate" in proc.stdout
 
 
-def test_the_default_batch_plan_fits_the_default_walltime():
-    """qsub 9_submit_multinode.sh as it is, on two Polaris nodes (4 GPUs, 64 hardware
-    threads each): the estimate of its default plan fits the hour its #PBS line asks for."""
+def default_batch_plan_s(transports: str) -> float:
+    """The estimate of the default plan of `qsub 9_submit_multinode.sh` on two Polaris
+    nodes (4 GPUs, 64 hardware threads each), warm-ups and report included."""
     from plumbing import main_job
-    script = (ROOT / JOB).read_text()
-    assert "#PBS -l select=2\n" in script and "#PBS -l walltime=01:00:00\n" in script
     where = main_job.Where("pbs", 2, "4242", "")
     with pytest.MonkeyPatch.context() as patch:
-        for name in ("NUM_SIMS", "GRID_SIZES", "COMPUTE_TIME", "REPEATS", "NODES", "TRANSPORTS",
-                     "EPOCHS", "NUM_TRAINERS", "KERNEL_SIZES", "RUN_TIMEOUT", "EXTRA_ARGS"):
+        for name in ("NUM_SIMS", "GRID_SIZES", "COMPUTE_TIME", "REPEATS", "NODES", "EPOCHS",
+                     "NUM_TRAINERS", "KERNEL_SIZES", "RUN_TIMEOUT", "EXTRA_ARGS"):
             patch.delenv(name, raising=False)
-        patch.setenv("TRANSPORTS", "filesystem ddict futures proxystore-file proxystore-redis")
-        patch.setenv("WARMUP", "1")
-        patch.setenv("DRY_RUN", "1")
-        patch.setenv("DRAGON_LAUNCH", "python")
+        patch.setenv("TRANSPORTS", transports)
+        for name, value in (("WARMUP", "1"), ("DRY_RUN", "1"), ("DRAGON_LAUNCH", "python")):
+            patch.setenv(name, value)
         patch.chdir(ROOT)
         settings = main_job.read_settings(where, str(ROOT))
     machine = main_job.Machine(nodes=2, cores=64, gpus=4, trainers=None)
     runs = main_job.plan(settings) + main_job.warmups(settings)
-    total = sum(main_job.estimate_s(run, machine, 0.5, settings.epochs) for run in runs)
-    assert len(runs) == 3 * 2 * 5 + 2
-    assert 20 * 60 < total + main_job.REPORT_S < 60 * 60
+    assert len(runs) == 3 * 2 * len(transports.split()) + 2
+    return sum(main_job.estimate_s(run, machine, 0.5, settings.epochs)
+               for run in runs) + main_job.REPORT_S
+
+
+def test_the_default_batch_plan_fits_the_default_walltime():
+    """qsub 9_submit_multinode.sh as it is, on two Polaris nodes: the estimate of its
+    default plan (with Redis's ProxyStore where redis-server is installed, and without)
+    fits the hour its #PBS line asks for, and docs/polaris.md says what it is."""
+    script = (ROOT / JOB).read_text()
+    assert "#PBS -l select=2\n" in script and "#PBS -l walltime=01:00:00\n" in script
+    four = default_batch_plan_s("filesystem ddict futures proxystore-file")
+    five = default_batch_plan_s("filesystem ddict futures proxystore-file proxystore-redis")
+    assert five < 60 * 60
+    text = " ".join((ROOT / "docs" / "polaris.md").read_text().split())
+    [(low, high)] = re.findall(r"The default plan on 2 nodes is estimated at (\d+) to (\d+) "
+                               r"minutes", text)
+    assert int(low) <= round(four / 60) and round(five / 60) <= int(high), (four, five)
 
 
 def test_on_polaris_the_data_goes_to_eagle_for_the_jobs_project(tmp_path, monkeypatch):
@@ -446,15 +461,19 @@ def test_after_a_time_out_only_what_the_job_made_goes(tmp_path):
     data.mkdir()
     env = job_env(tmp_path, TRANSPORTS="filesystem", GRID_SIZES="16", WARMUP="0",
                   COMPUTE_TIME="20", RUN_TIMEOUT="30", DATA_DIR=str(data))
+    other = data / "pc-fs-20261205-101010-another-job"
+
+    def another_job_writes():
+        other.mkdir()
+        (other / "sim_0.npy").write_bytes(b"another job's live data")
+
     job = subprocess.Popen(["bash", str(ROOT / JOB)], cwd=tmp_path, env=env, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = []
     for line in job.stdout:
         output.append(line)
-        if "] python 6_parsl_fs_producer_consumer.py" in line:      # the run has started
-            other = data / "pc-fs-20261205-101010-another-job"
-            other.mkdir()
-            (other / "sim_0.npy").write_bytes(b"another job's live data")
+        if "] python 6_parsl_fs_producer_consumer.py" in line:      # the run is starting
+            threading.Timer(3, another_job_writes).start()
     job.wait(timeout=300)
     text = "".join(output)
     assert job.returncode == 1, text
