@@ -304,23 +304,23 @@ def qstat_text(walltime: str, started_ago_s: float) -> str:
 
 
 def test_pbs_time_left_from_qstat():
-    from plumbing import main_job
+    from plumbing import job_plan
     text = qstat_text("01:00:00", 600)
-    attributes = main_job.pbs_attributes(text)
+    attributes = job_plan.pbs_attributes(text)
     assert attributes["Account_Name"] == "ALCFAITP"
     assert "PBS_O_WORKDIR" not in str(attributes.keys())          # wrapped lines are no attributes
-    assert abs(main_job.pbs_time_left_s(attributes, time.time()) - 3000) < 5
+    assert abs(job_plan.pbs_time_left_s(attributes, time.time()) - 3000) < 5
     del attributes["stime"]                                       # then the time used so far
-    assert main_job.pbs_time_left_s(attributes, time.time()) == 3600 - 310
-    assert main_job.pbs_time_left_s({}, time.time()) is None
+    assert job_plan.pbs_time_left_s(attributes, time.time()) == 3600 - 310
+    assert job_plan.pbs_time_left_s({}, time.time()) is None
 
 
 @pytest.mark.parametrize("text, seconds", [
     ("01:00:00", 3600), ("59:32", 3572), ("1-02:00:00", 93600), ("45", 45),
     ("UNLIMITED", None), ("NOT_SET", None), ("", None), ("1:2:3:4", None)])
 def test_clock_times_as_pbs_and_slurm_write_them(text, seconds):
-    from plumbing import main_job
-    assert main_job.clock_s(text) == seconds
+    from plumbing import job_plan
+    assert job_plan.clock_s(text) == seconds
 
 
 def fake_qstat(tmp_path, text: str) -> str:
@@ -358,8 +358,8 @@ def test_a_plan_longer_than_the_walltime_left_is_refused(tmp_path):
 def default_batch_plan_s(transports: str) -> float:
     """The estimate of the default plan of `qsub 9_submit_multinode.sh` on two Polaris
     nodes (4 GPUs, 64 hardware threads each), warm-ups and report included."""
-    from plumbing import main_job
-    where = main_job.Where("pbs", 2, "4242", "")
+    from plumbing import job_plan
+    where = job_plan.Where("pbs", 2, "4242", "")
     with pytest.MonkeyPatch.context() as patch:
         for name in ("NUM_SIMS", "GRID_SIZES", "COMPUTE_TIME", "REPEATS", "NODES", "EPOCHS",
                      "NUM_TRAINERS", "KERNEL_SIZES", "RUN_TIMEOUT", "EXTRA_ARGS"):
@@ -368,12 +368,12 @@ def default_batch_plan_s(transports: str) -> float:
         for name, value in (("WARMUP", "1"), ("DRY_RUN", "1"), ("DRAGON_LAUNCH", "python")):
             patch.setenv(name, value)
         patch.chdir(ROOT)
-        settings = main_job.read_settings(where, str(ROOT))
-    machine = main_job.Machine(nodes=2, cores=64, gpus=4, trainers=None)
-    runs = main_job.plan(settings) + main_job.warmups(settings)
+        settings = job_plan.read_settings(where, str(ROOT))
+    machine = job_plan.Machine(nodes=2, cores=64, gpus=4, trainers=None)
+    runs = job_plan.plan(settings) + job_plan.warmups(settings)
     assert len(runs) == 3 * 2 * len(transports.split()) + 2
-    return sum(main_job.estimate_s(run, machine, 0.5, settings.epochs)
-               for run in runs) + main_job.REPORT_S
+    return sum(job_plan.estimate_s(run, machine, 0.5, settings.epochs)
+               for run in runs) + job_plan.REPORT_S
 
 
 def test_the_default_batch_plan_fits_the_default_walltime():
@@ -395,27 +395,27 @@ def test_on_polaris_the_data_goes_to_eagle_for_the_jobs_project(tmp_path, monkey
     """DATA_DIR unset in a PBS job where /eagle is: /eagle/<project>/$USER/producer-consumer
     for the job's project (-A: PBS_ACCOUNT); a project without a directory there is refused
     in one line; the home file system is never the silent default."""
-    from plumbing import main_job
+    from plumbing import job_plan
     eagle = tmp_path / "eagle"
     (eagle / "ALCFAITP").mkdir(parents=True)
-    monkeypatch.setattr(main_job, "EAGLE", str(eagle))
+    monkeypatch.setattr(job_plan, "EAGLE", str(eagle))
     monkeypatch.setenv("USER", "student")
     monkeypatch.setenv("PBS_ACCOUNT", "ALCFAITP")
     monkeypatch.setenv("PATH", "/nonexistent")                   # no qstat
-    where = main_job.Where("pbs", 2, "4242", "")
-    settings = main_job.Settings(["filesystem"], 4, ["16"], [None], 1, "0", 60,
+    where = job_plan.Where("pbs", 2, "4242", "")
+    settings = job_plan.Settings(["filesystem"], 4, ["16"], [None], 1, "0", 60,
                                  str(tmp_path / "results"), "", False, True, "python", [], 1)
-    data_dir, note = main_job.data_dir_and_note(settings, where)
+    data_dir, note = job_plan.data_dir_and_note(settings, where)
     assert data_dir == f"{eagle}/ALCFAITP/student/producer-consumer"
     assert "from the job's project ALCFAITP (-A)" in note
     monkeypatch.setenv("PBS_ACCOUNT", "NoSuchProject")
-    with pytest.raises(main_job.Refused, match=r"DATA_DIR is not set and the job's project "
+    with pytest.raises(job_plan.Refused, match=r"DATA_DIR is not set and the job's project "
                        r"\(NoSuchProject\) has no directory in .*: give one, e\.g\. qsub -v "
                        rf"DATA_DIR={eagle}/<project>/student"):
-        main_job.data_dir_and_note(settings, where)
+        job_plan.data_dir_and_note(settings, where)
     # given, it is used as it is; elsewhere (Slurm) the results directory, said loudly
-    assert main_job.data_dir_and_note(dataclasses.replace(settings, data_dir="/x"), where) == ("/x", "")
-    data_dir, note = main_job.data_dir_and_note(settings, main_job.Where("slurm", 2, "7", ""))
+    assert job_plan.data_dir_and_note(dataclasses.replace(settings, data_dir="/x"), where) == ("/x", "")
+    data_dir, note = job_plan.data_dir_and_note(settings, job_plan.Where("slurm", 2, "7", ""))
     assert data_dir == str(tmp_path / "results" / "data")
     assert note.startswith("DATA_DIR is not set: the files go under the results directory, on ")
     assert "not the parallel one" in note
@@ -424,14 +424,14 @@ def test_on_polaris_the_data_goes_to_eagle_for_the_jobs_project(tmp_path, monkey
 def test_the_script_reads_as_a_batch_script():
     """9_submit_multinode.sh holds the directives, the settings with their defaults and the
     runs, in at most 120 lines; the defaults it shows in [batch | here] are the job's."""
-    from plumbing import main_job
+    from plumbing import job_plan
     script = (ROOT / JOB).read_text()
     assert len(script.splitlines()) <= 120
-    for name, (batch, here) in main_job.DEFAULTS.items():
+    for name, (batch, here) in job_plan.DEFAULTS.items():
         [line] = [line for line in script.splitlines() if line.startswith(f"export {name}=")]
         block = script[script.index(line):].split("\nexport ")[0]
         assert f"[{batch} | {here}]" in block, (name, block)
-    assert (f"[{main_job.SIMS_PER_BATCH_NODE} per node | {main_job.SIMS_HERE}]"
+    assert (f"[{job_plan.SIMS_PER_BATCH_NODE} per node | {job_plan.SIMS_HERE}]"
             in script)
 
 
