@@ -4,6 +4,7 @@ bad one), where its data goes, its runs in order, the workflow command of each, 
 estimate of the plan's duration against the time the batch system leaves the job."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -95,7 +96,7 @@ class Settings:
     node_counts: list[int | None]       # None: the scripts' default (all the nodes, here 1)
     repeats: int
     compute_time: str
-    run_timeout: float
+    run_timeout: int
     results_dir: str
     data_dir: str                       # DATA_DIR as given ("": data_dir_and_note decides)
     warmup: bool
@@ -127,20 +128,12 @@ def words(text: str) -> list[str]:
     return text.replace(",", " ").split()
 
 
-def number(name: str, text: str, low: float, kind=float):
+def checked(name: str, text: str, kind) -> str:
+    """`text`, as given, once `kind`, the scripts' own check of such a flag (cli), takes it."""
     try:
-        value = kind(text)
-    except ValueError:
-        value = None
-    fail_unless(value is not None and value >= low and math.isfinite(value),
-                f"{name} takes a {'whole ' if kind is int else ''}number of at least {low}, "
-                f"got '{text}'")
-    return value
-
-
-def checked(name: str, text: str, low: float) -> str:
-    """`text`, as given, once it is a number of at least `low`."""
-    number(name, text, low)
+        kind(text)
+    except argparse.ArgumentTypeError as error:
+        raise Refused(f"{name}: {error}") from None
     return text
 
 
@@ -203,11 +196,12 @@ def read_settings(where: Where, started_in: str) -> Settings:
     transports, (num_sims, grid_sizes) = read_transports(), read_sizes(where)
     node_counts = read_node_counts(where)
     flags = []
-    for name, flag, low in (("KERNEL_SIZES", "--kernel_sizes", None),
-                            ("NUM_TRAINERS", "--num_trainers", 1), ("EPOCHS", "--epochs", 0)):
+    for name, flag, kind in (("KERNEL_SIZES", "--kernel_sizes", cli.kernel_list),
+                             ("NUM_TRAINERS", "--num_trainers", cli.positive_int),
+                             ("EPOCHS", "--epochs", cli.non_negative_int)):
         value = os.environ.get(name, "").strip()
         if value:
-            flags += [flag, value if low is None else str(number(name, value, low, int))]
+            flags += [flag, checked(name, value, kind)]
     choices = {"WARMUP": ("0", "1"), "DRY_RUN": ("0", "1"), "DRAGON_LAUNCH": ("python", "dragon")}
     for name, allowed in choices.items():
         value = os.environ.get(name, "")
@@ -216,9 +210,10 @@ def read_settings(where: Where, started_in: str) -> Settings:
     data = os.environ.get("DATA_DIR", "").strip()
     return Settings(
         transports, num_sims, grid_sizes, node_counts,
-        repeats=number("REPEATS", setting("REPEATS", where), 1, int),
-        compute_time=checked("COMPUTE_TIME", setting("COMPUTE_TIME", where), 0),
-        run_timeout=number("RUN_TIMEOUT", setting("RUN_TIMEOUT", where), 1),
+        repeats=int(checked("REPEATS", setting("REPEATS", where), cli.positive_int)),
+        compute_time=checked("COMPUTE_TIME", setting("COMPUTE_TIME", where),
+                             cli.non_negative_float),
+        run_timeout=int(checked("RUN_TIMEOUT", setting("RUN_TIMEOUT", where), cli.positive_int)),
         results_dir=os.path.join(started_in, results),
         data_dir=os.path.join(started_in, data) if data else "",
         warmup=os.environ["WARMUP"] == "1", dry_run=os.environ["DRY_RUN"] == "1",

@@ -58,7 +58,7 @@ class Job:
         self.child: subprocess.Popen | None = None     # what a signal is passed on to
         self.interrupted = 0
         self.closing = False
-        self.made: list[str] = []                      # directories made, outermost first
+        self.made: list[str] = []      # directories made (outermost first) and not yet removed
         self.cluster_up = False
 
     def on_signal(self, signum: int, frame) -> None:
@@ -128,7 +128,6 @@ class Job:
         """One run in a data directory of its own, made here and named for the job and the
         run; after a time-out (the run's head could not clean up) it is removed with what
         is in it, otherwise only where it is empty (--keep_data leaves it)."""
-        from plumbing.lifecycle import remove_tree
         run_dir = os.path.join(self.data_dir, f"pc-{self.where.job_id}-{run.name}")
         argv = command(run, self.settings, run_dir, results_file, bool(self.where.cluster))
         line = f"[{now()}] {' '.join(argv)}\n"
@@ -141,7 +140,9 @@ class Job:
         except OSError as error:
             print(f"cannot make the run's data directory: {error}", flush=True)
             return 1
+        self.made.append(run_dir)       # until the run has ended: close() sees it too
         status = self.execute(argv, log_path, echo)
+        self.made.remove(run_dir)
         if status in (124, 137):
             print(f"removing {run_dir}, left by the run that timed out", flush=True)
             remove_tree(run_dir)
@@ -230,7 +231,7 @@ class Job:
             try:
                 os.rmdir(path)
             except OSError:
-                break
+                pass
         if self.cluster_up:
             down = subprocess.run(["bash", "cluster/local_cluster.sh", "down"],
                                   capture_output=True, text=True)

@@ -158,10 +158,12 @@ def test_ctrl_c_stops_the_whole_job_and_cleans_up(tmp_path):
     ({"NODES": "1 x"}, "NODES takes positive integers, got 'x'"),
     ({"NODES": "0"}, "NODES takes positive integers, got '0'"),
     ({"NODES": "1 5"}, "the local cluster (cluster/local_cluster.sh) has 4 at most"),
-    ({"REPEATS": "0"}, "REPEATS takes a whole number of at least 1, got '0'"),
-    ({"RUN_TIMEOUT": "soon"}, "RUN_TIMEOUT takes a number of at least 1, got 'soon'"),
-    ({"COMPUTE_TIME": "-1"}, "COMPUTE_TIME takes a number of at least 0, got '-1'"),
-    ({"NUM_TRAINERS": "0"}, "NUM_TRAINERS takes a whole number of at least 1, got '0'"),
+    ({"REPEATS": "0"}, "REPEATS: must be at least 1, got 0"),
+    ({"RUN_TIMEOUT": "soon"}, "RUN_TIMEOUT: 'soon' is not an integer"),
+    ({"COMPUTE_TIME": "-1"}, "COMPUTE_TIME: must be a finite number >= 0, got -1"),
+    ({"NUM_TRAINERS": "0"}, "NUM_TRAINERS: must be at least 1, got 0"),
+    ({"KERNEL_SIZES": "3,4"}, "KERNEL_SIZES: kernel sizes must be odd, got 3,4"),
+    ({"EPOCHS": "-1"}, "EPOCHS: must be at least 0, got -1"),
     ({"DRAGON_LAUNCH": "mpirun"}, "DRAGON_LAUNCH takes python or dragon, got 'mpirun'"),
 ])
 def test_bad_settings_stop_before_anything_runs(tmp_path, settings, message):
