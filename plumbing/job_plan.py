@@ -273,16 +273,18 @@ def pbs_job() -> dict[str, str]:
     return pbs_attributes(command_output(["qstat", "-f", os.environ.get("PBS_JOBID", "")]))
 
 
-def time_left_s(where: Where) -> float | None:
-    """Seconds until the batch system ends the job, where it says; None elsewhere."""
+def time_left_s(where: Where) -> tuple[float | None, str]:
+    """Seconds until the batch system ends the job, where it says (None elsewhere), and
+    how they were learnt."""
     if where.batch == "slurm":
         end = os.environ.get("SLURM_JOB_END_TIME", "")
-        if end.isdigit():
-            return int(end) - time.time()
-        return clock_s(command_output(["squeue", "-h", "-j", where.job_id, "-o", "%L"]) or "x")
+        if end.isdigit():                   # Slurm 23.02 and later
+            return int(end) - time.time(), "SLURM_JOB_END_TIME"
+        left = command_output(["squeue", "-h", "-j", where.job_id, "-o", "%L"])
+        return clock_s(left or "x"), "squeue %L"
     if where.batch == "pbs":
-        return pbs_time_left_s(pbs_job(), time.time())
-    return None
+        return pbs_time_left_s(pbs_job(), time.time()), "qstat -f"
+    return None, ""
 
 
 def filesystem_type(path: str) -> str:
@@ -492,14 +494,14 @@ def describe_plan(settings: Settings, where: Where, runs: list[Run],
 
 def check_walltime(where: Where, seconds: float) -> str:
     """One line on the time the batch system gives the job; refuses a plan that cannot fit."""
-    left = time_left_s(where)
+    left, source = time_left_s(where)
     if left is None:
         return ("walltime     " + (f"not known ({where.batch} did not say): not checked"
                                    if where.batch else "none (no batch system)"))
     fail_unless(seconds <= left, f"the plan takes about {minutes(seconds)} (an estimate), "
                 f"but the job has {minutes(left)} left: run fewer sizes, node counts, "
                 "transports or REPEATS, or ask for a longer walltime")
-    return f"walltime     {minutes(left)} left, enough for the estimate"
+    return f"walltime     {minutes(left)} left ({source}), enough for the estimate"
 
 
 def check_shared(where: Where, *paths: str) -> None:

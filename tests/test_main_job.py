@@ -354,7 +354,16 @@ def test_a_plan_longer_than_the_walltime_left_is_refused(tmp_path):
     proc = run_script(["bash", ROOT / JOB], cwd=tmp_path, env=dict(env, GRID_SIZES="16"),
                       timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert "walltime     59 min left, enough for the estimate" in proc.stdout
+    assert "walltime     59 min left (qstat -f), enough for the estimate" in proc.stdout
+
+
+def test_slurm_time_left_from_its_end_time(monkeypatch):
+    """Slurm 23.02 and later tell the job its end (SLURM_JOB_END_TIME); older ones answer
+    squeue %L (tests/test_slurm.py runs that with a real Slurm)."""
+    from plumbing import job_plan
+    monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 600))
+    left, source = job_plan.time_left_s(job_plan.Where("slurm", 2, "7", ""))
+    assert 590 < left <= 600 and source == "SLURM_JOB_END_TIME"
 
 
 def default_batch_plan_s(transports: str) -> float:
