@@ -71,7 +71,7 @@ export EXTRA_ARGS=${EXTRA_ARGS:-}      # more flags for every run, e.g. --keep_d
 export DRY_RUN=${DRY_RUN:-0}           # 1: print the plan and the commands, run nothing
 # The job prints its plan with an estimate of how long it takes and, in a batch job, stops
 # there in one line if that cannot fit the walltime. Its exit status is 0 when every run
-# succeeded. The machinery (batch systems, time-outs, clean-up): plumbing/main_job.py.
+# succeeded. Its machinery: plumbing/job_plan.py (the plan), plumbing/main_job.py (the runs).
 
 # A batch job runs a copy of this file: the repository is where qsub or sbatch ran.
 # Relative paths in the settings are relative to where the job started.

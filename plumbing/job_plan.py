@@ -488,7 +488,7 @@ def describe_plan(settings: Settings, where: Where, runs: list[Run],
                 for sims, grid in settings.sizes]
     seconds = total(runs) + total(warm) + REPORT_S
     lines.append(f"estimate     about {minutes(seconds)} in all (an estimate, from the simple "
-                 f"model in plumbing/main_job.py; {', '.join(per_size)})")
+                 f"model in plumbing/job_plan.py; {', '.join(per_size)})")
     return lines, seconds
 
 
