@@ -74,9 +74,11 @@ def test_nodes_use_a_local_cluster_that_is_up(local_cluster, cluster_workdir):
     assert [run.split("--num_nodes ")[1].split()[0] for run in runs] == ["1", "2"]
     assert all(run.startswith("would run: bash cluster/local_cluster.sh run 1 python "
                               "6_parsl_fs_producer_consumer.py") for run in runs), runs
-    # the files go to the cluster's storage node, a directory of the job's own there
-    data_dir = f"{cluster.exports['PC_CLUSTER_PFS']}/{proc.stdout.split()[1]}"
-    assert all(f" --data_dir {data_dir} " in run for run in runs), runs
+    # the files go to the cluster's storage node, each run in a directory of its own there,
+    # named for the job and the run
+    data_dir = f"{cluster.exports['PC_CLUSTER_PFS']}/pc-{proc.stdout.split()[1]}"
+    assert [run.split(" --data_dir ")[1].split()[0] for run in runs] == [
+        f"{data_dir}-filesystem-4x16-{n}n" for n in (1, 2)], runs
     # a results directory the nodes cannot see: one line, before anything runs
     elsewhere = run_script(["bash", ROOT / JOB], cwd=cluster_workdir,
                            env=dict(env, RESULTS_DIR="/tmp/pc-results-x"), timeout=60)
@@ -87,12 +89,13 @@ def test_nodes_use_a_local_cluster_that_is_up(local_cluster, cluster_workdir):
 def test_ctrl_c_takes_the_jobs_own_cluster_down(no_cluster, cluster_workdir):
     """^C while a run of NODES="1 2" is simulating in node1: the run cleans up, the job stops
     with 130 and the local cluster it brought up is gone."""
-    # DATA_DIR given (the storage node's files go with the cluster): the run removed its own
+    # DATA_DIR given (the storage node's files go with the cluster), the user's own: the run
+    # removed its data, the job the directory it made for the run, and DATA_DIR stays
     env = job_env(cluster_workdir, NODES="1 2", TRANSPORTS="filesystem", GRID_SIZES="16",
                   WARMUP="0", COMPUTE_TIME="1", RESULTS_DIR=str(cluster_workdir / "results"),
-                  DATA_DIR=str(cluster_workdir / "results" / "data"))
+                  DATA_DIR=str(cluster_workdir / "data"))
     text = ctrl_c_at_a_terminal(cluster_workdir, env, timeout=300)
     assert "interrupted during filesystem on 1 node(s) at 4 x 16^2" in text
-    assert os.listdir(cluster_workdir / "results" / "data") == []
+    assert os.listdir(cluster_workdir / "data") == []
     assert cluster_namespaces() == [] and not CLUSTER_STATE.exists()
     assert leftover_processes(cluster_workdir) == []

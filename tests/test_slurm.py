@@ -166,38 +166,59 @@ def test_dragon_counts_the_nodes_of_the_allocation(slurm, cluster_workdir):
 
 
 def test_the_job_sizes_itself_from_sbatch_options(slurm, cluster_workdir):
-    """#SBATCH defaults overridden on the command line: -N 1 makes a one-node job, and the
-    dry run shows the sizes and results directory it takes from that allocation."""
+    """#SBATCH defaults overridden on the command line: -N 1 makes a one-node job, -N 2 a
+    two-node one whose runs go on 1 and on 2 nodes; the dry runs show the sizes, the plan
+    and the results directory it takes from the allocation, and the walltime left that
+    Slurm tells the job (-t)."""
     out = cluster_workdir / "job.out"
-    env = slurm.job_env(cluster_workdir, DRY_RUN="1")
-    proc = slurm.sbatch(["-N", "1", "-t", "5", "-J", "pc-dry", "-o", out, ROOT / "9_submit_multinode.sh"],
-                        cwd=ROOT, env=env, timeout=300)
+    env = slurm.job_env(cluster_workdir, DRY_RUN="1", GRID_SIZES="16 32", TRANSPORTS="filesystem")
+    proc = slurm.sbatch(["-N", "2", "-t", "60", "-J", "pc-dry", "-o", out,
+                         ROOT / "9_submit_multinode.sh"], cwd=ROOT, env=env, timeout=300)
     text = out.read_text()
     assert proc.returncode == 0, proc.stderr + text
     job_id = proc.stdout.split()[-1]
-    assert f"job          {job_id} on node1 (1 node(s)" in text
-    assert "32 simulations (or SIMSx) x grid 256 512 1024, compute time 0.5 s/step" in text
+    assert f"job          {job_id} on node1 (2 node(s)" in text
+    assert "64 simulations (or SIMSx) x grid 16 32, compute time 0.5 s/step" in text
     assert f"results dir  {ROOT}/results/{job_id}" in text
-    assert "would run: python 6_parsl_fs_producer_consumer.py --num_sims 32 --grid_size 256" in text
+    assert "plan         4 runs: 2 size(s) x 2 node count(s) (1 2) x 1 transport(s) x 1 round(s)" in text
+    [walltime] = [line for line in text.splitlines() if line.startswith("walltime")]
+    # Slurm 22.05 sets no SLURM_JOB_END_TIME: the job asks squeue
+    assert re.fullmatch(r"walltime     (59|60) min left \((squeue %L|SLURM_JOB_END_TIME)\), "
+                        r"enough for the estimate", walltime), walltime
+    for nodes in (1, 2):
+        assert (f"would run: python 6_parsl_fs_producer_consumer.py --num_nodes {nodes} "
+                "--num_sims 64 --grid_size 16") in text
+    assert not (ROOT / "results" / job_id).exists()
+    # the defaults of a one-node job: its sizes, and a plan that does not fit a minute
+    env = slurm.job_env(cluster_workdir, DRY_RUN="1")
+    proc = slurm.sbatch(["-N", "1", "-t", "1", "-J", "pc-dry", "-o", out,
+                         ROOT / "9_submit_multinode.sh"], cwd=ROOT, env=env, timeout=300)
+    text = out.read_text()
+    assert proc.returncode == 2, proc.stderr + text
+    assert "32 simulations (or SIMSx) x grid 256 512 1024, compute time 0.5 s/step" in text
+    last = text.splitlines()[-1]
+    assert last.startswith("9_submit_multinode.sh: the plan takes about ")
+    assert re.search(r"\(an estimate\), but the job has \d+ s left: run fewer sizes", last), last
+    assert "would run" not in text
     # more nodes than the allocation has: one line, before anything runs
     bad = slurm.sbatch(["-N", "1", "-o", out, ROOT / "9_submit_multinode.sh"], cwd=ROOT,
                        env=dict(env, NODES="1 2"), timeout=300)
     assert bad.returncode == 2
     assert out.read_text().splitlines() == [
         "9_submit_multinode.sh: NODES asks for 2 nodes, but the slurm job has 1"]
-    assert not (ROOT / "results" / job_id).exists()
 
 
 def test_main_job_under_sbatch_runs_on_both_nodes(slurm, cluster_workdir):
-    """`sbatch -N 2 9_submit_multinode.sh`: run from the submit directory, results in
-    results/<job id>/, srun starts a Parsl manager on each node, 2-node rows in the table.
+    """`NODES=2 sbatch -N 2 9_submit_multinode.sh`: run from the submit directory, results
+    in results/<job id>/, srun starts a Parsl manager on each node, 2-node rows in the table;
+    DATA_DIR, the user's, stays (empty).
 
     Not the DDict: test_ddict_under_sbatch_on_one_and_two_nodes runs it in a job of its own
     (TRANSPORTS="ddict" here would check it on both nodes as well)."""
     out = cluster_workdir / "job.out"
     env = slurm.job_env(cluster_workdir, TRANSPORTS="filesystem futures", GRID_SIZES="16",
                         NUM_SIMS="4", WARMUP="0", COMPUTE_TIME="0", RUN_TIMEOUT="600",
-                        DATA_DIR=str(cluster_workdir / "data"))
+                        NODES="2", DATA_DIR=str(cluster_workdir / "data"))
     made_results = not (ROOT / "results").exists()
     started = time.monotonic()
     proc = slurm.sbatch(["-N", "2", "-o", out, ROOT / "9_submit_multinode.sh"], cwd=ROOT, env=env)
@@ -236,7 +257,7 @@ def test_main_job_under_sbatch_runs_on_both_nodes(slurm, cluster_workdir):
             name = names[r["transport"]] + (f" [{where['type']}]" if where else "")
             assert (where is not None) == (r["transport"] == "parsl+filesystem")
             assert f"| {name} | 2 (one machine) | 0.000164 |" in table
-        assert not (cluster_workdir / "data").exists()      # empty, so the job removed it
+        assert os.listdir(cluster_workdir / "data") == []   # the user's: emptied, not removed
     finally:
         shutil.rmtree(results, ignore_errors=True)
         if made_results:
@@ -294,7 +315,7 @@ def test_ddict_under_sbatch_on_one_and_two_nodes(slurm, cluster_workdir):
     assert sorted(two["hosts"]) == ["node1", "node2"]
     assert "--num_nodes 1 " in text and "--num_nodes 2 " in text
     assert "run FAILED" not in text
-    assert not (cluster_workdir / "data").exists()          # empty, so the job removed it
+    assert os.listdir(cluster_workdir / "data") == []       # the user's: emptied, not removed
     assert_nothing_left(slurm, cluster_workdir)
 
 
