@@ -27,10 +27,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
-from plumbing import dragon_launch  # noqa: E402
-from plumbing import ddict_io, dragon_setup, lifecycle, records  # noqa: E402
+from plumbing import ddict_io, dragon_launch, dragon_setup, records  # noqa: E402
 
-SETTLE_S = 2.0      # on 2 cores, a process start or exit slowed gets ~10x for about 0.3 s
+SETTLE_S = 2.0      # a process that starts or exits slows the others' gets for a while
 
 
 def reader(d, manifest, rounds, go, out, release):
@@ -68,14 +67,16 @@ def writer(d, num_sims, grid_size, broadcast, out):
 
 def measure(num_sims: int, grid_size: int, readers: int, rounds: int,
             broadcast: bool = False) -> dict:
-    from dragon.native.queue import Queue
+    from dragon.data import DDict
+    from dragon.native.machine import Node, System
     from dragon.native.process import Process
-    nodes = [dragon_setup.Node(h) for h in dragon_setup.System().nodes]
+    from dragon.native.queue import Queue
+    nodes = [Node(h) for h in System().nodes]
     hosts = [node.hostname for node in nodes]
     nbytes = common.data_bytes(1, grid_size)
     total, _ = ddict_io.ddict_size(num_sims, grid_size, 1, broadcast)
-    d = ddict_io.DDict(1, len(nodes), total * len(nodes),
-                            timeout=ddict_io.ddict_timeout_s(nodes, readers + 1))
+    d = DDict(1, len(nodes), total * len(nodes),
+              timeout=ddict_io.ddict_timeout_s(nodes, readers + 1))
     go, out, release = Queue(), Queue(), Queue()
     try:
         put = Process(target=writer, args=(d, num_sims, grid_size, broadcast, out),
@@ -121,7 +122,7 @@ def measure(num_sims: int, grid_size: int, readers: int, rounds: int,
                                        if rounds > 1 else None)}
 
 
-def main(argv=None) -> int:
+def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num_sims", type=int, default=16)
     parser.add_argument("--grid_size", type=int, default=256)
@@ -131,9 +132,11 @@ def main(argv=None) -> int:
     parser.add_argument("--broadcast", action="store_true",
                         help="put every value into every manager (Dragon's bput); the "
                              "readers then get it from their own node's manager")
-    args = parser.parse_args(argv)
-    dragon_launch.relaunch_under_dragon(__file__, sys.argv[1:] if argv is None else argv)
-    dragon_launch.init_head()
+    return parser.parse_args(argv)
+
+
+def main() -> int:
+    args = parse()
     for readers in map(int, args.readers.split(",")):
         result = measure(args.num_sims, args.grid_size, readers, args.rounds, args.broadcast)
         where = ("" if result["reader_host"] == result["manager_host"] else
@@ -151,4 +154,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    lifecycle.run_workflow(main)    # its exit status reaches the launching process, on any node
+    parse()                     # bad arguments: argparse's one line, before Dragon starts
+    dragon_launch.run(main)     # in the head of a Dragon runtime; errors in one line
