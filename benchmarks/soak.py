@@ -54,7 +54,7 @@ SCRIPTS = {
     "8": ["8_dragon_producer_consumer.py", "--num_sims", "4", "--num_trainers", "2",
           "--grid_size", "16", "--compute_time", "0"],
 }
-RETRY = re.compile(r"starting it again.*?\((?P<why>.*)\)\s*$")
+RETRY = re.compile(r"starting Dragon's runtime again.*?\((?P<why>.*)\)\s*$")
 
 
 def classify(status: int | None, out: str, err: str) -> tuple[str, str | None]:
