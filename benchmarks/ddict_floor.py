@@ -32,19 +32,27 @@ from plumbing import ddict_io, dragon_launch, dragon_setup, records  # noqa: E40
 SETTLE_S = 2.0      # a process that starts or exits slows the others' gets for a while
 
 
-def reader(d, manifest, rounds, go, out, release):
-    """Get every value `rounds` times; report each round's per-get times."""
+def reader(d, manifest, rounds, between, go, out, release):
+    """Get every value `rounds` times; report each round's per-get times (and each get's
+    stages, on the one-copy path). With `between`, each value is also read and copied into
+    a float32 array after its get, untimed, as a trainer does (common.TrainingData.add)."""
     import time
-    store = ddict_io.Reader(d)
+    import numpy as np
+    store = ddict_io.Reader(d, stages=True)
+    copy = None
     out.put("ready")
     go.get()
     seconds = []
     for _ in range(rounds):
         for sim in manifest:
             start = time.perf_counter()
-            store.get(sim)
+            value = store.get(sim)
             seconds.append(time.perf_counter() - start)
-    out.put({"get_s": seconds, "path": store.path})
+            if between:
+                copy = np.empty(value.shape, np.float32) if copy is None else copy
+                np.copyto(copy, value, casting="same_kind")
+                value.sum()
+    out.put({"get_s": seconds, "path": store.path, "stages": store.stages})
     release.get()   # exit when every reader is done: an exit slows the others' gets here
     d.detach()
 
@@ -66,7 +74,7 @@ def writer(d, num_sims, grid_size, broadcast, out):
 
 
 def measure(num_sims: int, grid_size: int, readers: int, rounds: int,
-            broadcast: bool = False) -> dict:
+            broadcast: bool = False, between: bool = False) -> dict:
     from dragon.data import DDict
     from dragon.native.machine import Node, System
     from dragon.native.process import Process
@@ -86,7 +94,7 @@ def measure(num_sims: int, grid_size: int, readers: int, rounds: int,
         put.join(timeout=60)
         d.freeze()
         here = dragon_setup.on(hosts[0])
-        procs = [Process(target=reader, args=(d, manifest, rounds, go, out, release),
+        procs = [Process(target=reader, args=(d, manifest, rounds, between, go, out, release),
                          policy=here)
                  for _ in range(readers)]
         for p in procs:
@@ -108,7 +116,11 @@ def measure(num_sims: int, grid_size: int, readers: int, rounds: int,
         d.destroy()
     first = [r["get_s"][:num_sims] for r in results]          # each value's first read
     per_reader = [sum(s) for s in first]
+    stages = [stage for r in results for stage in r["stages"][:num_sims]]
     return {"num_sims": num_sims, "grid_size": grid_size, "readers": readers,
+            "between": between, "loadavg": os.getloadavg(),
+            "stage_median_s": ({name: statistics.median(s[i] for s in stages) for i, name in
+                                enumerate(("send", "reply", "receive"))} if stages else None),
             "value_bytes": nbytes, "path": results[0]["path"], "broadcast": broadcast,
             "reader_host": hosts[0], "manager_host": hosts[-1],
             "put_mean_s": put_s / num_sims, "get_s": [r["get_s"] for r in results],
@@ -132,13 +144,17 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--broadcast", action="store_true",
                         help="put every value into every manager (Dragon's bput); the "
                              "readers then get it from their own node's manager")
+    parser.add_argument("--between", action="store_true",
+                        help="after each get, copy the value to float32 and sum it (untimed), "
+                             "as a trainer checks and keeps it")
     return parser.parse_args(argv)
 
 
 def main() -> int:
     args = parse()
     for readers in map(int, args.readers.split(",")):
-        result = measure(args.num_sims, args.grid_size, readers, args.rounds, args.broadcast)
+        result = measure(args.num_sims, args.grid_size, readers, args.rounds, args.broadcast,
+                         args.between)
         where = ("" if result["reader_host"] == result["manager_host"] else
                  f" on {result['reader_host']} from {result['manager_host']}")
         if args.broadcast:
@@ -146,7 +162,10 @@ def main() -> int:
         print(f"floor: {args.num_sims} x {result['value_bytes'] / 1e6:.3f} MB, {readers} "
               f"reader(s){where}, {result['path']} path: get median {result['get_median_s'] * 1e3:.2f} ms, "
               f"{result['read_gbps_per_reader']:.3f} GB/s per reader (first read), "
-              f"put {result['put_mean_s'] * 1e3:.2f} ms", flush=True)
+              f"put {result['put_mean_s'] * 1e3:.2f} ms"
+              + ("".join(f", {k} {v * 1e3:.2f}" for k, v in result["stage_median_s"].items())
+                 + " ms (median stages)" if result["stage_median_s"] else "")
+              + f", load {result['loadavg'][0]:.2f}", flush=True)
         if args.json:
             with open(args.json, "a") as f:
                 f.write(json.dumps(result) + "\n")

@@ -9,6 +9,7 @@ PC_DDICT_READ    "public": read through Dragon's documented API only (see Reader
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -166,9 +167,14 @@ class Reader:
     array (two copies); "one-copy" receives each piece straight into the array (one copy),
     through Dragon 0.15 internals (see the end of this module). PC_DDICT_READ=public
     forces the first; `path` says which one runs.
+
+    stages=True (benchmarks/ddict_floor.py --stages): the one-copy get notes, per get, the
+    seconds to send the request, to get the manager's reply, and to receive the value
+    (`stages`, a list of those triples).
     """
 
-    def __init__(self, d: DDict):
+    def __init__(self, d: DDict, stages: bool = False):
+        self.stages = [] if stages else None
         self._loader = RawPairs(reuse=True)        # TrainingData.add() copies each value at once
         self._stores = [d.manager(m).pickler(value_pickler=self._loader)
                         for m in range(len(d.stats))]
@@ -183,7 +189,7 @@ class Reader:
         where = self._nearest if sim.location == EVERYWHERE else int(sim.location.split()[-1])
         store = self._stores[where]
         if self._one_copy:
-            return _get_into(store, sim.index, self._loader)
+            return _get_into(store, sim.index, self._loader, self.stages)
         return store[sim.index]
 
 
@@ -215,15 +221,17 @@ def one_copy_supported() -> bool:
                                           "_check_manager_connection"))
 
 
-def _get_into(store: DDict, key, loader: RawPairs) -> np.ndarray:
+def _get_into(store: DDict, key, loader: RawPairs, stages: list | None = None) -> np.ndarray:
     from dragon.data.ddict.ddict import DDictError, DDictKeyError
     from dragon.dtypes import DragonError
     from dragon.infrastructure import messages as dmsg
+    started = time.perf_counter()
     manager, pickled_key = store._choose_manager_pickle_key(key)
     request = dmsg.DDGet(store._tag_inc(), store._client_id, chkptID=store._chkpt_id,
                          key=pickled_key)
     store._check_manager_connection(manager)
     store._send([(request, None)], store._managers[manager], buffered=True)
+    sent = time.perf_counter()
     timeout = store._timeout
     with store._return_connector.recvh(use_main_as_stream_channel=True,
                                        timeout=timeout) as recvh:
@@ -238,8 +246,11 @@ def _get_into(store: DDict, key, loader: RawPairs) -> np.ndarray:
         # a frozen manager on this node lends its own memory: it must not be freed here
         free = reply.freeMem or manager not in store._local_managers
         head = recvh.recv_bytes(free_mem=free, timeout=timeout)[0]
+        answered = time.perf_counter()
         array = loader.array_for(head)
         data = memoryview(array).cast("B")
         for start, end in RawPairs.pieces(len(data)):     # the pieces RawPairs.dump wrote
             recvh.recv_bytes_into(data[start:end], free_mem=free, timeout=timeout)
+    if stages is not None:
+        stages.append((sent - started, answered - sent, time.perf_counter() - answered))
     return array
