@@ -47,7 +47,7 @@ def main():
             process.start()
             process.join(timeout=120)
             if process.returncode != 0:
-                raise RuntimeError(f"{target.__name__} failed on {node.hostname} ({process.returncode})")
+                raise RuntimeError(f"{target.__name__} on {node.hostname}: {process.returncode=}")
         note = d["reader_note"]                     # the head is a client too
         print(f"keys: {sorted(d.keys())}, len(d) = {len(d)}; the reader on {note['host']} "
               f"received {note['nbytes']:,} bytes of the array")

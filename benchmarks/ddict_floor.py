@@ -81,7 +81,6 @@ def measure(num_sims: int, grid_size: int, readers: int, rounds: int,
     from dragon.native.queue import Queue
     nodes = [Node(h) for h in System().nodes]
     hosts = [node.hostname for node in nodes]
-    nbytes = common.data_bytes(1, grid_size)
     total, _ = ddict_io.ddict_size(num_sims, grid_size, 1, broadcast)
     d = DDict(1, len(nodes), total * len(nodes),
               timeout=ddict_io.ddict_timeout_s(nodes, readers + 1))
@@ -114,16 +113,23 @@ def measure(num_sims: int, grid_size: int, readers: int, rounds: int,
         out.destroy()
         release.destroy()
         d.destroy()
+    return {**summarize(results, num_sims, grid_size, rounds, broadcast, between, hosts),
+            "put_mean_s": put_s / num_sims}
+
+
+def summarize(results, num_sims, grid_size, rounds, broadcast, between, hosts) -> dict:
+    """One measurement's figures from every reader's per-get times and stages."""
+    nbytes = common.data_bytes(1, grid_size)
     first = [r["get_s"][:num_sims] for r in results]          # each value's first read
     per_reader = [sum(s) for s in first]
     stages = [stage for r in results for stage in r["stages"][:num_sims]]
-    return {"num_sims": num_sims, "grid_size": grid_size, "readers": readers,
+    return {"num_sims": num_sims, "grid_size": grid_size, "readers": len(results),
             "between": between, "loadavg": os.getloadavg(),
             "stage_median_s": ({name: statistics.median(s[i] for s in stages) for i, name in
                                 enumerate(("send", "reply", "receive"))} if stages else None),
             "value_bytes": nbytes, "path": results[0]["path"], "broadcast": broadcast,
             "reader_host": hosts[0], "manager_host": hosts[-1],
-            "put_mean_s": put_s / num_sims, "get_s": [r["get_s"] for r in results],
+            "get_s": [r["get_s"] for r in results],
             "get_median_s": statistics.median(x for s in first for x in s),
             "get_mean_s": statistics.fmean(x for s in first for x in s),
             "read_s_per_reader": per_reader,
@@ -160,7 +166,8 @@ def main() -> int:
         if args.broadcast:
             where += f", broadcast put from {result['manager_host']} to every node"
         print(f"floor: {args.num_sims} x {result['value_bytes'] / 1e6:.3f} MB, {readers} "
-              f"reader(s){where}, {result['path']} path: get median {result['get_median_s'] * 1e3:.2f} ms, "
+              f"reader(s){where}, {result['path']} path: get median "
+              f"{result['get_median_s'] * 1e3:.2f} ms, "
               f"{result['read_gbps_per_reader']:.3f} GB/s per reader (first read), "
               f"put {result['put_mean_s'] * 1e3:.2f} ms"
               + ("".join(f", {k} {v * 1e3:.2f}" for k, v in result["stage_median_s"].items())

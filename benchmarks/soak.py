@@ -24,8 +24,9 @@ where a process dumped core in the start's folder, gdb's backtrace of it (core d
     python benchmarks/soak.py --starts 20 --load 2 --label loaded      # 2 busy processes beside it
     python benchmarks/soak.py --table docs/dev/data/soak-*.json      # the docs' markdown table
 
-JSON (all starts, rewritten after each one) in docs/dev/data/soak-<label>.json; each failed
-start's output in results/soak/<label>/ (not committed).
+JSON (all starts, rewritten after each one) in docs/dev/data/soak-<label>.json (--append goes
+on with an interrupted run); each failed start's output in results/soak/<label>/ (not
+committed). What a start leaves is counted; only its own Dragon pools are removed.
 """
 from __future__ import annotations
 
@@ -124,19 +125,34 @@ def mapped_shm() -> set:
     return mapped
 
 
+def launcher_pids(tag: str) -> set:
+    """Pids of the Dragon launchers (`python -m dragon`) among a start's processes."""
+    found = set()
+    for pid in tagged_pids(tag):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().split(b"\0")[1:3] == [b"-m", b"dragon"]:
+                    found.add(pid)
+    return found
+
+
 def node_shm(cluster_nodes: int) -> list[str]:
-    """/dev/shm entries of every cluster node."""
+    """Dragon's pool files in every cluster node's /dev/shm (the nodes' own: this soak's alone)."""
     names = []
     for k in range(1, cluster_nodes + 1):
         proc = subprocess.run(["bash", CLUSTER, "run", str(k), "ls", "-1", SHM],
                               capture_output=True, text=True, timeout=60)
-        names += [f"node{k}:{n}" for n in proc.stdout.split()]
+        names += [f"node{k}:{n}" for n in proc.stdout.split() if n.startswith("DD")]
     return names
 
 
-def leftovers(tag: str, shm_before: set, cluster_nodes: int, patience_s: float = 20.0) -> dict:
-    """What a start left once it ended: its processes (killed after `patience_s`) and new
-    unmapped /dev/shm files (removed; on a cluster, the nodes' own, counted only)."""
+def leftovers(tag: str, launchers: set, shm_before: set, cluster_nodes: int,
+              patience_s: float = 20.0) -> dict:
+    """What a start left once it ended: its processes (killed after `patience_s`) and, in
+    this machine's /dev/shm, Dragon's pool files of its own launchers (Dragon names a
+    runtime's pools after its launcher's pid: its last three digits) that no process maps
+    (removed; other runs' files are never touched). On a cluster, the nodes' pool files
+    are counted only."""
     deadline = time.monotonic() + patience_s
     while tagged_pids(tag) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -144,7 +160,9 @@ def leftovers(tag: str, shm_before: set, cluster_nodes: int, patience_s: float =
     for pid in procs:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-    new = sorted(set(os.listdir(SHM)) - shm_before - mapped_shm())
+    tails = {str(pid)[-3:] for pid in launchers}
+    new = sorted(name for name in set(os.listdir(SHM)) - shm_before - mapped_shm()
+                 if name.startswith("DD") and any(tail in name for tail in tails))
     for name in new:
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(SHM, name))
@@ -173,6 +191,34 @@ def core_backtraces(folder: str) -> list[dict]:
     return found
 
 
+def run_captured(argv, folder: str, env: dict, timeout: float, launchers: set):
+    """Run argv in `folder`; (exit status or None if killed after `timeout` s, stdout lines
+    with the time each arrived, stderr). `launchers` collects the pids of its Dragon
+    launchers while it runs."""
+    import threading
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(0.5):
+            launchers.update(launcher_pids(env[TAG]))
+    threading.Thread(target=watch, daemon=True).start()
+    proc = subprocess.Popen(argv, cwd=folder, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines, err_lines = [], []
+    reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
+    timer.start()
+    for line in proc.stdout:
+        lines.append((time.monotonic(), line))
+    status = proc.wait()
+    done.set()
+    hung = not timer.is_alive()
+    timer.cancel()
+    reader.join(timeout=30)
+    return None if hung else status, lines, "".join(err_lines)
+
+
 def one_start(number: int, script_key: str, args, workdir: str) -> dict:
     """Start one script, wait for it (at most args.timeout s), classify and clean up."""
     tag = f"{os.getpid()}-{number}"
@@ -189,30 +235,17 @@ def one_start(number: int, script_key: str, args, workdir: str) -> dict:
     shm_before = set(os.listdir(SHM))
     load = os.getloadavg()
     launched = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=folder, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    lines, err_lines = [], []
-    import threading
-    reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True)
-    reader.start()
-    timer = threading.Timer(args.timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
-    timer.start()
-    for line in proc.stdout:
-        lines.append((time.monotonic(), line))
-    status = proc.wait()
-    hung = not timer.is_alive()
-    timer.cancel()
-    reader.join(timeout=30)
+    launchers = set()
+    status, lines, err = run_captured(argv, folder, env, args.timeout, launchers)
     wall = time.monotonic() - launched
-    out, err = "".join(line for _, line in lines), "".join(err_lines)
-    kind, signame = classify(None if hung else status, out, err)
+    out = "".join(line for _, line in lines)
+    kind, signame = classify(status, out, err)
     first = first_attempt(out, err)
     result = {"start": number, "script": SCRIPTS[script_key][0], "kind": kind,
-              "signal": signame, "status": None if hung else status,
-              "retried": first is not None, "first_attempt": first or kind,
-              "loadavg": load, "loadavg_after": os.getloadavg(),
+              "signal": signame, "status": status, "retried": first is not None,
+              "first_attempt": first or kind, "loadavg": load, "loadavg_after": os.getloadavg(),
               "startup_s": startup_s(script_key, launched, lines), "wall_s": wall,
-              "left": leftovers(tag, shm_before, args.cluster_nodes),
+              "left": leftovers(tag, launchers, shm_before, args.cluster_nodes),
               "cores": core_backtraces(folder),
               "time": datetime.datetime.now().isoformat(timespec="seconds")}
     if kind != "ok" or first is not None:
@@ -298,7 +331,7 @@ def table(paths: list[str]) -> str:
     return "\n".join(rows)
 
 
-def main(argv=None) -> int:
+def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--starts", type=int, default=20, help="starts in all (7 and 8 alternate)")
     parser.add_argument("--scripts", default="7,8", help="which scripts, in turn: 7, 8 or 7,8")
@@ -308,36 +341,56 @@ def main(argv=None) -> int:
     parser.add_argument("--no-faulthandler", dest="faulthandler", action="store_false",
                         help="do not set PYTHONFAULTHANDLER=1 for the starts")
     parser.add_argument("--json", help=f"where the JSON goes (default {DATA}/soak-LABEL.json)")
+    parser.add_argument("--append", action="store_true",
+                        help="go on with the starts of an earlier run in the same JSON file")
+    parser.add_argument("--commit", help="the commit measured, where this is no git checkout")
     parser.add_argument("--table", nargs="+", metavar="JSON",
                         help="print the markdown table of these results and exit")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def new_run(args) -> dict:
+    """The run's facts; with --append, the earlier run in the JSON file, to go on with."""
+    if args.append and os.path.exists(args.json):
+        with open(args.json) as f:
+            run = json.load(f)
+        run.setdefault("resumed", []).append(datetime.datetime.now().isoformat(timespec="seconds"))
+        return run
+    import resource
+    commit = args.commit or subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
+                                           capture_output=True, text=True).stdout.strip()
+    with open("/proc/sys/kernel/core_pattern") as f:
+        core_pattern = f.read().strip()
+    return {"label": args.label, "commit": commit, "nodes": args.cluster_nodes or 1,
+            "nodes_share_machine": bool(args.cluster_nodes), "cores": os.cpu_count(),
+            "load": args.load, "faulthandler": args.faulthandler, "timeout_s": args.timeout,
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "core_limit": resource.getrlimit(resource.RLIMIT_CORE),
+            "core_pattern": core_pattern, "starts": []}
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
     if args.table:
         print(table(args.table))
         return 0
     args.cluster_nodes = int(os.environ.get("PC_CLUSTER_NODES") or 0)
-    path = args.json or os.path.join(DATA, f"soak-{args.label}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    args.json = args.json or os.path.join(DATA, f"soak-{args.label}.json")
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
     workdir = os.path.join(ROOT, "results", "soak", f"{args.label}-work")  # shared by the nodes
     os.makedirs(workdir, exist_ok=True)
     scripts = args.scripts.split(",")
-    commit = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
-                            capture_output=True, text=True).stdout.strip()
-    run = {"label": args.label, "commit": commit, "nodes": args.cluster_nodes or 1,
-           "nodes_share_machine": bool(args.cluster_nodes), "cores": os.cpu_count(),
-           "load": args.load, "faulthandler": args.faulthandler, "timeout_s": args.timeout,
-           "started": datetime.datetime.now().isoformat(timespec="seconds"),
-           "core_limit": __import__("resource").getrlimit(__import__("resource").RLIMIT_CORE),
-           "core_pattern": open("/proc/sys/kernel/core_pattern").read().strip(), "starts": []}
+    run = new_run(args)
     print(f"soak {args.label}: {args.starts} starts of {', '.join(SCRIPTS[k][0] for k in scripts)}"
-          f" on {run['nodes']} node(s), {args.load} busy process(es) beside; JSON in {path}",
+          f" on {run['nodes']} node(s), {args.load} busy process(es) beside; JSON in {args.json}",
           flush=True)
     with cpu_load(args.load):
-        for number in range(args.starts):
+        for number in range(len(run["starts"]), args.starts):
             start = one_start(number, scripts[number % len(scripts)], args, workdir)
             run["starts"].append(start)
-            with open(path + ".tmp", "w") as f:
+            with open(args.json + ".tmp", "w") as f:
                 json.dump(run, f, indent=1)
-            os.replace(path + ".tmp", path)
+            os.replace(args.json + ".tmp", args.json)
             print(f"  {number + 1:4d} {start['script'][:1]} {start['kind']:15s}"
                   f"{' (retried: ' + start['first_attempt'] + ')' if start['retried'] else ''}"
                   f" start-up {start['startup_s'] or float('nan'):6.2f} s, wall "
@@ -348,7 +401,7 @@ def main(argv=None) -> int:
         os.rmdir(workdir)
     run["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     run["summary"] = tally(run["starts"])
-    with open(path, "w") as f:
+    with open(args.json, "w") as f:
         json.dump(run, f, indent=1)
     print(f"soak {args.label}: {describe(run['summary'])}")
     return 0

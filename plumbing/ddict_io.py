@@ -201,10 +201,10 @@ def read_path() -> str:
 
 def layout(broadcast: bool) -> str:
     """How the values sit in the DDict, in words, for the record."""
+    where = ("every manager (bput), read from the trainer's own node's" if broadcast
+             else "a manager on the simulation's node")
     return ("one value per simulation, key = index, raw float64 bytes in power-of-two "
-            "pieces, written to " + ("every manager (bput), read from the trainer's own "
-                                     "node's" if broadcast else "a manager on the simulation's node")
-            + ", frozen before the trainers read")
+            f"pieces, written to {where}, frozen before the trainers read")
 
 
 # The one-copy read (Reader): Dragon's get, as DDict.__getitem__ does it in 0.15, except

@@ -192,7 +192,8 @@ def _in_head(main, *args):
     except Exception as error:
         control = _control_folder()
         if control and not _work_began and _failed_in_dragon(error):
-            _touch(control, START_FAILED, f"{type(error).__name__}: {' '.join(str(error).split())}"[:300])
+            why = f"{type(error).__name__}: {' '.join(str(error).split())}"
+            _touch(control, START_FAILED, why[:300])
         raise
 
 
@@ -252,7 +253,8 @@ def _launch_once(script: str, argv: list[str], args, first_failure: str | None =
     interrupts = _forward_interrupts(launcher, control)
     try:
         status = launcher.wait()
-        crash = launcher_crashed(signal.Signals(-status), pools_before, control) if status < 0 else None
+        crash = (launcher_crashed(signal.Signals(-status), pools_before, control)
+                 if status < 0 else None)
         written = _read(control, STATUS)            # the head's own status (run_workflow)
         began = os.path.exists(os.path.join(control, WORK_BEGAN))
         failure = crash or _read(control, START_FAILED)
@@ -318,7 +320,8 @@ def _read(folder: str, name: str) -> str | None:
         return None
 
 
-def launcher_crashed(killed_by: signal.Signals, pools_before: set, control: str | None = None) -> str:
+def launcher_crashed(killed_by: signal.Signals, pools_before: set,
+                     control: str | None = None) -> str:
     """Dragon's launcher died of a signal (taking the head's buffered output with it, and
     leaving its runtime's processes and pools): stop what is left of its runtime on this
     node (the processes started with the control folder `control`), then remove Dragon's

@@ -84,7 +84,8 @@ class Shared:
     num_nodes: int
     num_simulators: int         # simulation processes, all nodes together
     pairs: DDict                # simulation index -> its pairs (ddict_io.Writer / Reader)
-    reports: Queue              # process -> head: (kind, payload): ready, simulation, trained, failed
+    reports: Queue              # process -> head: (kind, payload): ready, simulation, trained,
+                                # failed
     start_signals: NodeQueues   # head -> simulators: one each, once every process is ready
     manifests: NodeQueues       # head -> trainers: the SimReports of every simulation to read
     exit_signals: NodeQueues    # head -> every process: it may exit now (none exits while
