@@ -209,6 +209,9 @@ def test_only_the_exact_version_is_patched(monkeypatch, version, patched):
     assert client_module.Client.recv.__defaults__ == (recv_s,)
     assert sends_complete_off_the_loop(client_module) is patched
     assert dragon_fixes.dragon_version_patched() is patched
+    facts = types.SimpleNamespace(TA_PING_TIMEOUT=10)
+    assert SITE["patient_transport_agent"](facts) is patched
+    assert facts.TA_PING_TIMEOUT == (SITE["TA_PING_TIMEOUT_S"] if patched else 10)
     if not patched:     # the one-copy read, a private-API path, is guarded the same way
         assert ddict_io.one_copy_supported() is False
 
@@ -361,6 +364,25 @@ def test_dragon_refuses_a_lock_in_a_reused_heap_block(tmp_path):
     seen = stale_lock(tmp_path, "dragon")
     assert seen["first_init"] == DragonError.LOCK_ALREADY_INITD.value
     assert seen["then"] == 0                        # a new block: it works the second time
+
+
+def test_the_transport_agent_repair_names_what_dragon_0_15_0_reads():
+    """Local Services reads facts.TA_PING_TIMEOUT when it waits for its agent (not a copy
+    taken at import), so the repaired value is the one it uses."""
+    from dragon.infrastructure import facts
+    from dragon.localservices import local_svc
+    assert SITE["FACTS_MODULE"] == facts.__name__ and isinstance(facts.TA_PING_TIMEOUT, int)
+    assert "dfacts.TA_PING_TIMEOUT" in inspect.getsource(local_svc)
+
+
+def test_the_repairs_run_in_a_process_with_repairs_on_its_path():
+    code = ("import dragon.infrastructure.facts as f, dragon.channels as c; "
+            "print(f.TA_PING_TIMEOUT, c.pc_ls_return_lock_attempts)")
+    env = dict(os.environ, PYTHONPATH=dragon_fixes.REPAIRS, PC_DRAGON_REPAIRS="")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(SITE["TA_PING_TIMEOUT_S"]), "1"]
 
 
 def test_the_repair_makes_the_lock_ready_whatever_the_heap_holds(tmp_path):

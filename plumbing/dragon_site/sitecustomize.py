@@ -61,6 +61,12 @@ R1. A process's first request to Dragon's Local Services (Channel.make_process_l
    whose first request fails that way dies, and the DDict's creation never completes.
    The repair makes that initialization once, when dragon.channels is imported, before
    any request, and again until it succeeds (each attempt takes a new block of memory).
+R2. On every node of a multi-node runtime, Local Services waits for its transport agent's
+   first message (TAPingLS) for dragon.infrastructure.facts.TA_PING_TIMEOUT, 10 s, then
+   gives up and the whole runtime fails to start ("Expected TAUp during startup but received
+   AbnormalTermination" from the launcher). An agent that is slow to start on a busy node
+   is not broken: the repair gives it TA_PING_TIMEOUT_S, as long as Dragon gives a process
+   it launches on this node (facts.LOCAL_LAUNCH_TIMEOUT, 60 s) and then some.
 
 Only DragonHPC 0.15.0, the version this was measured on (PATCHED_VERSIONS), is patched,
 and only when the Dragon module concerned is imported; other processes pay one import hook.
@@ -87,6 +93,8 @@ GROUP_MODULE = "dragon.native.process_group"
 CHANNELS_MODULE = "dragon.channels"
 LS_RETURN_LOCK_INIT = "_Z19init_ls_return_lockv"    # init_ls_return_lock(), C++ linkage
 LS_RETURN_LOCK_ATTEMPTS = 5
+FACTS_MODULE = "dragon.infrastructure.facts"
+TA_PING_TIMEOUT_S = 120
 HSTA_TIMER_SLACK_NS = 1_000_000     # an idle HSTA's usleep(1) lasts about this long
 PR_SET_TIMERSLACK, PR_GET_TIMERSLACK = 29, 30      # <linux/prctl.h>
 
@@ -242,9 +250,17 @@ def ls_return_lock_ready(channels_module) -> bool:
     return False
 
 
+def patient_transport_agent(facts_module) -> bool:
+    """R2: Local Services waits TA_PING_TIMEOUT_S for its transport agent's first message."""
+    if not version_patched():
+        return False
+    facts_module.TA_PING_TIMEOUT = max(facts_module.TA_PING_TIMEOUT, TA_PING_TIMEOUT_S)
+    return True
+
+
 FIXES = {QUEUE_MODULE: fix, AGENT_MODULE: calm_agent, HSTA_MODULE: calm_hsta,
          GROUP_MODULE: home_group_manager}
-REPAIRS = {CHANNELS_MODULE: ls_return_lock_ready}
+REPAIRS = {CHANNELS_MODULE: ls_return_lock_ready, FACTS_MODULE: patient_transport_agent}
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
