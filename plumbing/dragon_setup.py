@@ -31,6 +31,7 @@ if TYPE_CHECKING:       # names for the annotations only
 
 STARTUP_TIMEOUT_S = 600     # every process imports torch and attaches to the DDict
 POLL_S = 1.0                # how often the head looks at its processes while it waits
+STOP_PATIENCE_S = 60        # after an error, each process's time to end on SIGINT (Workflow._end)
 
 
 def on(hostname: str, gpu: int | None = None) -> Policy:
@@ -208,14 +209,19 @@ class Workflow:
 
     def _end(self, error) -> None:
         """After a clean run the processes return by themselves; after an error, signal
-        whatever still runs."""
+        whatever still runs: SIGINT, then (STOP_PATIENCE_S later) SIGTERM and SIGKILL. A
+        Dragon process killed in the middle of a Dragon call leaves the node's shared locks
+        (its memory pool's, a channel's) held for ever, and every process of the node that
+        needs them then spins: the runtime never shuts down (DragonHPC 0.15,
+        docs/dev/dragon-upstream/killed_lock_holder.py). SIGINT ends a Python process
+        between two calls; it gets time for that even on a busy node."""
         try:
             if error is None:
                 self.group.join(timeout=30)
         except TimeoutError:
             error = TimeoutError("processes still running")
         if error is not None:
-            self.group.stop(patience=2)
+            self.group.stop(patience=STOP_PATIENCE_S)
         self.group.close()
 
     def collect(self, kind: str, count: int, timeout: float | None = None,
