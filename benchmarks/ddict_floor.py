@@ -18,6 +18,7 @@ to script 8 at the same sizes.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -32,12 +33,13 @@ from plumbing import ddict_io, dragon_launch, dragon_setup, records  # noqa: E40
 SETTLE_S = 2.0      # a process that starts or exits slows the others' gets for a while
 
 
-def reader(d, manifest, rounds, between, go, out, release):
+def reader(d, manifest, rounds, between, reply_wait, go, out, release):
     """Get every value `rounds` times; report each round's per-get times (and each get's
     stages, on the one-copy path). With `between`, each value is also read and copied into
     a float32 array after its get, untimed, as a trainer does (common.TrainingData.add)."""
     import time
     import numpy as np
+    os.environ[ddict_io.REPLY_WAIT_ENV] = reply_wait
     store = ddict_io.Reader(d, stages=True)
     copy = None
     out.put("ready")
@@ -74,7 +76,7 @@ def writer(d, num_sims, grid_size, broadcast, out):
 
 
 def measure(num_sims: int, grid_size: int, readers: int, rounds: int,
-            broadcast: bool = False, between: bool = False) -> dict:
+            broadcast: bool = False, between: bool = False, reply_wait: str = "") -> dict:
     from dragon.data import DDict
     from dragon.native.machine import Node, System
     from dragon.native.process import Process
@@ -93,7 +95,8 @@ def measure(num_sims: int, grid_size: int, readers: int, rounds: int,
         put.join(timeout=60)
         d.freeze()
         here = dragon_setup.on(hosts[0])
-        procs = [Process(target=reader, args=(d, manifest, rounds, between, go, out, release),
+        procs = [Process(target=reader, args=(d, manifest, rounds, between, reply_wait, go, out,
+                                              release),
                          policy=here)
                  for _ in range(readers)]
         for p in procs:
@@ -114,7 +117,7 @@ def measure(num_sims: int, grid_size: int, readers: int, rounds: int,
         release.destroy()
         d.destroy()
     return {**summarize(results, num_sims, grid_size, rounds, broadcast, between, hosts),
-            "put_mean_s": put_s / num_sims}
+            "put_mean_s": put_s / num_sims, "reply_wait": reply_wait or "dragon"}
 
 
 def summarize(results, num_sims, grid_size, rounds, broadcast, between, hosts) -> dict:
@@ -150,6 +153,10 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--broadcast", action="store_true",
                         help="put every value into every manager (Dragon's bput); the "
                              "readers then get it from their own node's manager")
+    parser.add_argument("--reply_waits", default="",
+                        help="comma-separated: how the one-copy get waits for the manager's "
+                             "reply, in turn: '' (Dragon's own wait) or idle (sleeps until it "
+                             "is there; PC_DDICT_REPLY_WAIT)")
     parser.add_argument("--between", action="store_true",
                         help="after each get, copy the value to float32 and sum it (untimed), "
                              "as a trainer checks and keeps it")
@@ -158,9 +165,10 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main() -> int:
     args = parse()
-    for readers in map(int, args.readers.split(",")):
+    for readers, reply_wait in itertools.product(map(int, args.readers.split(",")),
+                                                 args.reply_waits.split(",")):
         result = measure(args.num_sims, args.grid_size, readers, args.rounds, args.broadcast,
-                         args.between)
+                         args.between, reply_wait)
         where = ("" if result["reader_host"] == result["manager_host"] else
                  f" on {result['reader_host']} from {result['manager_host']}")
         if args.broadcast:
@@ -172,7 +180,8 @@ def main() -> int:
               f"put {result['put_mean_s'] * 1e3:.2f} ms"
               + ("".join(f", {k} {v * 1e3:.2f}" for k, v in result["stage_median_s"].items())
                  + " ms (median stages)" if result["stage_median_s"] else "")
-              + f", load {result['loadavg'][0]:.2f}", flush=True)
+              + f", reply wait {result['reply_wait']}, load {result['loadavg'][0]:.2f}",
+              flush=True)
         if args.json:
             with open(args.json, "a") as f:
                 f.write(json.dumps(result) + "\n")

@@ -23,6 +23,7 @@ if TYPE_CHECKING:       # the name for the annotations only
 
 DDICT_BYTES_ENV = "PC_DDICT_BYTES"
 READ_PATH_ENV = "PC_DDICT_READ"      # "public": never the one-copy read path
+REPLY_WAIT_ENV = "PC_DDICT_REPLY_WAIT"  # "idle": the one-copy get sleeps until the reply is there
 MANAGERS_PER_NODE = 1       # the DDict's shards: one per node, in that node's memory
 DDICT_TIMEOUT_BASE_S = 60   # a DDict operation's time limit on an idle machine (None could hang)
 FULL_AT = 0.9               # a manager refuses puts once its pool is 90% used (Dragon's default)
@@ -182,6 +183,7 @@ class Reader:
             _ = -1 in store                        # connect to every manager now, not while timed
         self.path = read_path()
         self._one_copy = self.path == "one-copy"
+        self._idle = os.environ.get(REPLY_WAIT_ENV) == "idle"
         self._nearest = d.local_managers[0] if d.local_managers else 0
 
     def get(self, sim: common.SimReport) -> np.ndarray:
@@ -189,7 +191,7 @@ class Reader:
         where = self._nearest if sim.location == EVERYWHERE else int(sim.location.split()[-1])
         store = self._stores[where]
         if self._one_copy:
-            return _get_into(store, sim.index, self._loader, self.stages)
+            return _get_into(store, sim.index, self._loader, self.stages, self._idle)
         return store[sim.index]
 
 
@@ -221,7 +223,8 @@ def one_copy_supported() -> bool:
                                           "_check_manager_connection"))
 
 
-def _get_into(store: DDict, key, loader: RawPairs, stages: list | None = None) -> np.ndarray:
+def _get_into(store: DDict, key, loader: RawPairs, stages: list | None = None,
+              idle: bool = False) -> np.ndarray:
     from dragon.data.ddict.ddict import DDictError, DDictKeyError
     from dragon.dtypes import DragonError
     from dragon.infrastructure import messages as dmsg
@@ -233,6 +236,9 @@ def _get_into(store: DDict, key, loader: RawPairs, stages: list | None = None) -
     store._send([(request, None)], store._managers[manager], buffered=True)
     sent = time.perf_counter()
     timeout = store._timeout
+    if idle:                                        # sleep until the reply is there
+        from dragon.channels import IDLE_WAIT
+        store._return_channel.poll(timeout=timeout, wait_mode=IDLE_WAIT)
     with store._return_connector.recvh(use_main_as_stream_channel=True,
                                        timeout=timeout) as recvh:
         while True:                                 # as Dragon does: skip stale replies
