@@ -157,10 +157,28 @@ def parse(argv=None) -> argparse.Namespace:
                         help="comma-separated: how the one-copy get waits for the manager's "
                              "reply, in turn: '' (Dragon's own wait) or idle (sleeps until it "
                              "is there; PC_DDICT_REPLY_WAIT)")
+    parser.add_argument("--table", metavar="JSONL",
+                        help="print the markdown table of the measurements in this file, and exit")
     parser.add_argument("--between", action="store_true",
                         help="after each get, copy the value to float32 and sum it (untimed), "
                              "as a trainer checks and keeps it")
     return parser.parse_args(argv)
+
+
+def table(path: str) -> str:
+    """One row per measurement of a --json file: per-get medians and their stages, in ms."""
+    rows = ["| readers | reply wait | work between gets | get median ms | send | reply | "
+            "receive | load avg |", "|---|---|---|---|---|---|---|---|"]
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            st = r.get("stage_median_s") or {}
+            rows.append(f"| {r['readers']} | {r.get('reply_wait', 'dragon')} | "
+                        f"{'yes' if r.get('between') else 'no'} | {r['get_median_s'] * 1e3:.2f} | "
+                        + " | ".join(f"{st[k] * 1e3:.2f}" if k in st else "-"
+                                     for k in ("send", "reply", "receive"))
+                        + f" | {r['loadavg'][0]:.2f} |")
+    return "\n".join(rows)
 
 
 def main() -> int:
@@ -189,5 +207,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    parse()                     # bad arguments: argparse's one line, before Dragon starts
+    if parse().table:
+        print(table(parse().table))
+        sys.exit(0)
     dragon_launch.run(main)     # in the head of a Dragon runtime; errors in one line
