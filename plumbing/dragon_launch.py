@@ -11,6 +11,7 @@ PC_DRAGON_FIXES  see dragon_fixes.py.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import faulthandler
@@ -41,6 +42,7 @@ HEAD_UP, INTERRUPT, STATUS, WORK_BEGAN, START_FAILED = (
 NET_CONF_SALT_ENV = "DRAGON_NET_CONF_CACHE_SALT"
 SHM = "/dev/shm"                     # where Dragon's pools (and the DDict's) live on a node
 ALLOCATION_ENV = ("PBS_JOBID", "PBS_NODEFILE", "SLURM_JOB_ID")
+SHUTDOWN_PATIENCE_S = 60    # a runtime shuts down within seconds of its head's end
 
 
 class CannotLaunch(ValueError):
@@ -98,7 +100,10 @@ def start(script: str, parser, argv: list[str]):
     if control:                 # a head refused by check_args reports its status too
         lifecycle.control_files(os.path.join(control, INTERRUPT), os.path.join(control, STATUS))
         if injected("runtime"):
-            _crash_launcher(control)
+            _signal_launcher(control, signal.SIGSEGV)
+            time.sleep(120)             # stopped with the rest of the runtime
+        if injected("shutdown"):
+            atexit.register(_signal_launcher, control, signal.SIGSTOP)
     args = check_args(parser, argv) if parser else None
     if parser:
         lifecycle.defer_interrupts()
@@ -122,21 +127,21 @@ def _check_launch(script: str) -> None:
 
 def injected(kind: str) -> bool:
     """For the tests: whether $PC_INJECT_FAILURE makes this start of the runtime fail at
-    `kind` ("runtime": Dragon's launcher crashes; "ddict": the DDict's creation stalls):
-    `kind`:0 in the first start only, `kind`:all in every start."""
+    `kind` ("runtime": Dragon's launcher crashes; "ddict": the DDict's creation stalls;
+    "shutdown": the runtime never shuts down after the head ends): `kind`:0 in the first
+    start only, `kind`:all in every start."""
     value = os.environ.get(lifecycle.FAIL_ENV)
     return value == f"{kind}:all" or value == f"{kind}:0" and not os.environ.get(RETRIED_ENV)
 
 
-def _crash_launcher(control: str) -> None:
-    """In the head: kill Dragon's launcher with SIGSEGV, as its own crashes end it, and wait
-    to be stopped with the rest of the runtime."""
+def _signal_launcher(control: str, signum: int) -> None:
+    """In the head: send Dragon's launcher `signum` (SIGSEGV: as its own crashes end it;
+    SIGSTOP: it never ends)."""
     for pid in runtime_processes(control):
         with contextlib.suppress(OSError):
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if f.read().split(b"\0")[1:3] == [b"-m", b"dragon"]:
-                    os.kill(pid, signal.SIGSEGV)
-    time.sleep(120)
+                    os.kill(pid, signum)
 
 
 def runtime_processes(control: str) -> list[int]:
@@ -252,9 +257,11 @@ def _launch_once(script: str, argv: list[str], args, first_failure: str | None =
                                 preexec_fn=lifecycle.signal_when_parent_dies(signal.SIGINT))
     interrupts = _forward_interrupts(launcher, control)
     try:
-        status = launcher.wait()
+        status, stuck = _wait_for(launcher, control)
         crash = (launcher_crashed(signal.Signals(-status), pools_before, control)
-                 if status < 0 else None)
+                 if status < 0 and not stuck else None)
+        if stuck:
+            _stop_stuck_runtime(script, launcher, control, pools_before)
         written = _read(control, STATUS)            # the head's own status (run_workflow)
         began = os.path.exists(os.path.join(control, WORK_BEGAN))
         failure = crash or _read(control, START_FAILED)
@@ -277,6 +284,37 @@ def _launch_once(script: str, argv: list[str], args, first_failure: str | None =
     if failure is not None and not retry and (crash or written is None):
         print(f"{os.path.basename(script)}: error: {failure}", file=sys.stderr, flush=True)
     return status, failure if retry else None
+
+
+def _wait_for(launcher: subprocess.Popen, control: str) -> tuple[int, bool]:
+    """The launcher's exit status, and whether it was still running SHUTDOWN_PATIENCE_S after
+    the head had written its own (then its runtime is stuck in its shut-down: Dragon's
+    threads waiting for a lock of a killed process, say)."""
+    ended = None
+    while True:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return launcher.wait(timeout=1), False
+        if ended is None and os.path.exists(os.path.join(control, STATUS)):
+            ended = time.monotonic()
+        if ended is not None and time.monotonic() - ended > SHUTDOWN_PATIENCE_S:
+            return launcher.poll() or 0, True
+
+
+def _stop_stuck_runtime(script: str, launcher: subprocess.Popen, control: str,
+                        pools_before: set) -> None:
+    """Stop a runtime whose head has ended but which does not shut down: SIGINT to the
+    launcher (Dragon's own tear-down), then SIGKILL to what is left of it on this node, and
+    its pools; one line says so."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(launcher.pid, signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        launcher.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        launcher.kill()
+    launcher.wait()
+    print(f"{os.path.basename(script)}: warning: Dragon's runtime did not shut down within "
+          f"{SHUTDOWN_PATIENCE_S} s after the head ended; "
+          f"{clear_remains(pools_before, control)}", file=sys.stderr, flush=True)
 
 
 def _launcher_env(args, control: str, first_failure: str | None) -> dict:
@@ -323,11 +361,17 @@ def _read(folder: str, name: str) -> str | None:
 def launcher_crashed(killed_by: signal.Signals, pools_before: set,
                      control: str | None = None) -> str:
     """Dragon's launcher died of a signal (taking the head's buffered output with it, and
-    leaving its runtime's processes and pools): stop what is left of its runtime on this
-    node (the processes started with the control folder `control`), then remove Dragon's
-    pools in this node's /dev/shm that appeared since the launch and that no process maps
-    any more (another run's pools are mapped, so they stay). Returns the one line that
-    says so."""
+    leaving its runtime's processes and pools): clear what is left of it on this node
+    (clear_remains). Returns the one line that says so."""
+    return (f"Dragon's launcher died of {killed_by.name} (a crash of DragonHPC itself; the "
+            f"head's output may be lost with it); {clear_remains(pools_before, control)}")
+
+
+def clear_remains(pools_before: set, control: str | None) -> str:
+    """Stop what is left on this node of a runtime whose launcher has ended (the processes
+    started with the control folder `control`), then remove Dragon's pools in this node's
+    /dev/shm that appeared since the launch and that no process maps any more (another
+    run's pools are mapped, so they stay). Returns what was done, in words."""
     from dragon.infrastructure.facts import DEFAULT_POOL_NAME_BASE
     remains = runtime_processes(control) if control else []
     for pid in remains:
@@ -346,9 +390,8 @@ def launcher_crashed(killed_by: signal.Signals, pools_before: set,
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(SHM, name))
             removed.append(name)
-    return (f"Dragon's launcher died of {killed_by.name} (a crash of DragonHPC itself; the "
-            f"head's output may be lost with it); stopped {len(remains)} process(es) of its "
-            f"runtime and removed {len(removed)} file(s) of its pools from {SHM}")
+    return (f"stopped {len(remains)} process(es) of its runtime and removed {len(removed)} "
+            f"file(s) of its pools from {SHM}")
 
 
 def _zombie(pid: int) -> bool:

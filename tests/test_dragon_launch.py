@@ -113,6 +113,20 @@ def test_a_failure_after_work_began_is_never_retried(nothing_left):
     assert not (nothing_left / "r.jsonl").exists()
 
 
+def test_a_runtime_that_does_not_shut_down_is_stopped_after_the_head_ended(nothing_left):
+    """The head ends (its record written), then Dragon's launcher never does (here it is
+    stopped with SIGSTOP): the script stops what is left of the runtime, says so, and exits
+    with the head's status."""
+    proc = run_8(nothing_left, "shutdown:all")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [line] = [line for line in proc.stderr.splitlines() if "did not shut down" in line]
+    assert line.startswith(f"{SCRIPT}: warning: Dragon's runtime did not shut down within "
+                           f"{dragon_launch.SHUTDOWN_PATIENCE_S} s after the head ended; "
+                           "stopped "), line
+    [record] = read_records(nothing_left / "r.jsonl")
+    assert record["integrity_ok"] is True
+
+
 def test_script_7_is_retried_too(nothing_left):
     proc = run_script([INTRO], cwd=nothing_left, timeout=600,
                       env=script_env(nothing_left, PC_INJECT_FAILURE="runtime:0"))
