@@ -16,12 +16,10 @@ On Polaris the DDict moves data between nodes by RDMA only after
 `dragon-config add --ofi-runtime-lib=<libfabric lib dir>`; otherwise it falls back to TCP.
 """
 import socket
-import sys
 import time
 
 import common
-from plumbing import dragon_launch  # exits with one line where DragonHPC is not installed
-from plumbing import cli, ddict_io, dragon_setup, lifecycle, records
+from plumbing import cli, ddict_io, dragon_launch, dragon_setup, lifecycle, records
 
 TRANSPORT = "dragon+ddict"
 
@@ -69,17 +67,7 @@ def trainer(rank: int, kernel_size: int, cpu_threads: int, shared: dragon_setup.
         shared.exit_signals.get()   # the other trainers may still be reading
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = cli.make_parser(__doc__.splitlines()[0])
-    parser.add_argument("--broadcast", action="store_true",
-                        help="put every value into every node's DDict manager (Dragon's "
-                             "bput): slower puts, every get from the trainer's own node")
-    args = dragon_launch.check_args(parser, argv)       # before any runtime exists
-    dragon_launch.relaunch_under_dragon(__file__, argv, args)  # returns inside the runtime
-    runtime_s = dragon_launch.runtime_startup_s()       # None when started with `dragon`
-    dragon_launch.link_head_to_launcher()       # Ctrl-C and the exit status, on any node
-    dragon_launch.init_head()                   # start method, PYTHONPATH for the processes
+def main(args, launch: dragon_launch.Launch) -> int:
     phases = records.Phases()
 
     # leaving these blocks, also on an error or Ctrl-C, stops the processes, destroys the
@@ -98,7 +86,8 @@ def main(argv=None) -> int:
         flow.collect("ready", workers + args.num_trainers, timeout=dragon_setup.STARTUP_TIMEOUT_S)
         lifecycle.log(f"{workers} simulation processes on {len(flow.nodes)} node(s) and "
                       f"{args.num_trainers} trainers ready after {phases.lap('startup'):.2f} s"
-                      + (f" (+ {runtime_s:.2f} s to start the runtime)" if runtime_s else ""))
+                      + (f" (+ {launch.runtime_startup_s:.2f} s to start the runtime)"
+                         if launch.runtime_startup_s else ""))
 
         shared.start_signals.put(True, flow.sim_hosts)     # one for each, on its node
         sims = flow.collect("simulation", args.num_sims, progress="simulations")
@@ -111,17 +100,22 @@ def main(argv=None) -> int:
         trainers = flow.collect("trained", args.num_trainers, progress="trainers")
         shared.exit_signals.put(True, flow.sim_hosts + flow.trainer_hosts)  # all may end
         lifecycle.log(f"{len(trainers)} trainers done in {phases.lap('training'):.2f} s")
-        ddict = ddict_io.describe(shared.pairs, flow.ddict_bytes, flow.ddict_timeout_s,
-                                  args.broadcast)
+        ddict = flow.describe_ddict(args.broadcast)
     phases.lap("shutdown")
-    if runtime_s:
-        phases.seconds["startup"] += runtime_s      # the runtime's start-up is start-up too
+    if launch.runtime_startup_s:                    # the runtime's start-up is start-up too
+        phases.seconds["startup"] += launch.runtime_startup_s
     record = records.make_record(
-        args, transport, sims, trainers, phases, hosts=flow.hosts, runtime_startup_s=runtime_s,
+        args, transport, sims, trainers, phases, hosts=flow.hosts, **launch.record(),
         ddict_create_s=flow.ddict_create_s, ddict_freeze_s=freeze_s, ddict=ddict,
         simulation_processes=workers, kept_run_dir=run_dir if args.keep_data else None)
     return records.finish(record, args.results_file)
 
 
 if __name__ == "__main__":
-    lifecycle.run_workflow(main)
+    parser = cli.make_parser(__doc__.splitlines()[0])
+    parser.add_argument("--broadcast", action="store_true",
+                        help="put every value into every node's DDict manager (Dragon's "
+                             "bput): slower puts, every get from the trainer's own node")
+    # checks the arguments, starts Dragon's runtime where `python` started this script, and
+    # calls main(args, launch) in its head process; errors in one line
+    dragon_launch.run(main, parser)

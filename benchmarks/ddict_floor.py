@@ -18,6 +18,7 @@ to script 8 at the same sizes.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -27,25 +28,33 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
-from plumbing import dragon_launch  # noqa: E402
-from plumbing import ddict_io, dragon_setup, lifecycle, records  # noqa: E402
+from plumbing import ddict_io, dragon_launch, dragon_setup, records  # noqa: E402
 
-SETTLE_S = 2.0      # on 2 cores, a process start or exit slowed gets ~10x for about 0.3 s
+SETTLE_S = 2.0      # a process that starts or exits slows the others' gets for a while
 
 
-def reader(d, manifest, rounds, go, out, release):
-    """Get every value `rounds` times; report each round's per-get times."""
+def reader(d, manifest, rounds, between, reply_wait, go, out, release):
+    """Get every value `rounds` times; report each round's per-get times (and each get's
+    stages, on the one-copy path). With `between`, each value is also read and copied into
+    a float32 array after its get, untimed, as a trainer does (common.TrainingData.add)."""
     import time
-    store = ddict_io.Reader(d)
+    import numpy as np
+    os.environ[ddict_io.REPLY_WAIT_ENV] = reply_wait
+    store = ddict_io.Reader(d, stages=True)
+    copy = None
     out.put("ready")
     go.get()
     seconds = []
     for _ in range(rounds):
         for sim in manifest:
             start = time.perf_counter()
-            store.get(sim)
+            value = store.get(sim)
             seconds.append(time.perf_counter() - start)
-    out.put({"get_s": seconds, "path": store.path})
+            if between:
+                copy = np.empty(value.shape, np.float32) if copy is None else copy
+                np.copyto(copy, value, casting="same_kind")
+                value.sum()
+    out.put({"get_s": seconds, "path": store.path, "stages": store.stages})
     release.get()   # exit when every reader is done: an exit slows the others' gets here
     d.detach()
 
@@ -67,15 +76,16 @@ def writer(d, num_sims, grid_size, broadcast, out):
 
 
 def measure(num_sims: int, grid_size: int, readers: int, rounds: int,
-            broadcast: bool = False) -> dict:
-    from dragon.native.queue import Queue
+            broadcast: bool = False, between: bool = False, reply_wait: str = "") -> dict:
+    from dragon.data import DDict
+    from dragon.native.machine import Node, System
     from dragon.native.process import Process
-    nodes = [dragon_setup.Node(h) for h in dragon_setup.System().nodes]
+    from dragon.native.queue import Queue
+    nodes = [Node(h) for h in System().nodes]
     hosts = [node.hostname for node in nodes]
-    nbytes = common.data_bytes(1, grid_size)
     total, _ = ddict_io.ddict_size(num_sims, grid_size, 1, broadcast)
-    d = ddict_io.DDict(1, len(nodes), total * len(nodes),
-                            timeout=ddict_io.ddict_timeout_s(nodes, readers + 1))
+    d = DDict(1, len(nodes), total * len(nodes),
+              timeout=ddict_io.ddict_timeout_s(nodes, readers + 1))
     go, out, release = Queue(), Queue(), Queue()
     try:
         put = Process(target=writer, args=(d, num_sims, grid_size, broadcast, out),
@@ -85,7 +95,8 @@ def measure(num_sims: int, grid_size: int, readers: int, rounds: int,
         put.join(timeout=60)
         d.freeze()
         here = dragon_setup.on(hosts[0])
-        procs = [Process(target=reader, args=(d, manifest, rounds, go, out, release),
+        procs = [Process(target=reader, args=(d, manifest, rounds, between, reply_wait, go, out,
+                                              release),
                          policy=here)
                  for _ in range(readers)]
         for p in procs:
@@ -105,12 +116,23 @@ def measure(num_sims: int, grid_size: int, readers: int, rounds: int,
         out.destroy()
         release.destroy()
         d.destroy()
+    return {**summarize(results, num_sims, grid_size, rounds, broadcast, between, hosts),
+            "put_mean_s": put_s / num_sims, "reply_wait": reply_wait or "dragon"}
+
+
+def summarize(results, num_sims, grid_size, rounds, broadcast, between, hosts) -> dict:
+    """One measurement's figures from every reader's per-get times and stages."""
+    nbytes = common.data_bytes(1, grid_size)
     first = [r["get_s"][:num_sims] for r in results]          # each value's first read
     per_reader = [sum(s) for s in first]
-    return {"num_sims": num_sims, "grid_size": grid_size, "readers": readers,
+    stages = [stage for r in results for stage in r["stages"][:num_sims]]
+    return {"num_sims": num_sims, "grid_size": grid_size, "readers": len(results),
+            "between": between, "loadavg": os.getloadavg(),
+            "stage_median_s": ({name: statistics.median(s[i] for s in stages) for i, name in
+                                enumerate(("send", "reply", "receive"))} if stages else None),
             "value_bytes": nbytes, "path": results[0]["path"], "broadcast": broadcast,
             "reader_host": hosts[0], "manager_host": hosts[-1],
-            "put_mean_s": put_s / num_sims, "get_s": [r["get_s"] for r in results],
+            "get_s": [r["get_s"] for r in results],
             "get_median_s": statistics.median(x for s in first for x in s),
             "get_mean_s": statistics.fmean(x for s in first for x in s),
             "read_s_per_reader": per_reader,
@@ -121,7 +143,7 @@ def measure(num_sims: int, grid_size: int, readers: int, rounds: int,
                                        if rounds > 1 else None)}
 
 
-def main(argv=None) -> int:
+def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num_sims", type=int, default=16)
     parser.add_argument("--grid_size", type=int, default=256)
@@ -131,19 +153,53 @@ def main(argv=None) -> int:
     parser.add_argument("--broadcast", action="store_true",
                         help="put every value into every manager (Dragon's bput); the "
                              "readers then get it from their own node's manager")
-    args = parser.parse_args(argv)
-    dragon_launch.relaunch_under_dragon(__file__, sys.argv[1:] if argv is None else argv)
-    dragon_launch.init_head()
-    for readers in map(int, args.readers.split(",")):
-        result = measure(args.num_sims, args.grid_size, readers, args.rounds, args.broadcast)
+    parser.add_argument("--reply_waits", default="",
+                        help="comma-separated: how the one-copy get waits for the manager's "
+                             "reply, in turn: '' (Dragon's own wait) or idle (sleeps until it "
+                             "is there; PC_DDICT_REPLY_WAIT)")
+    parser.add_argument("--table", metavar="JSONL",
+                        help="print the markdown table of the measurements in this file, and exit")
+    parser.add_argument("--between", action="store_true",
+                        help="after each get, copy the value to float32 and sum it (untimed), "
+                             "as a trainer checks and keeps it")
+    return parser.parse_args(argv)
+
+
+def table(path: str) -> str:
+    """One row per measurement of a --json file: per-get medians and their stages, in ms."""
+    rows = ["| readers | reply wait | work between gets | get median ms | send | reply | "
+            "receive | load avg |", "|---|---|---|---|---|---|---|---|"]
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            st = r.get("stage_median_s") or {}
+            rows.append(f"| {r['readers']} | {r.get('reply_wait', 'dragon')} | "
+                        f"{'yes' if r.get('between') else 'no'} | {r['get_median_s'] * 1e3:.2f} | "
+                        + " | ".join(f"{st[k] * 1e3:.2f}" if k in st else "-"
+                                     for k in ("send", "reply", "receive"))
+                        + f" | {r['loadavg'][0]:.2f} |")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    args = parse()
+    for readers, reply_wait in itertools.product(map(int, args.readers.split(",")),
+                                                 args.reply_waits.split(",")):
+        result = measure(args.num_sims, args.grid_size, readers, args.rounds, args.broadcast,
+                         args.between, reply_wait)
         where = ("" if result["reader_host"] == result["manager_host"] else
                  f" on {result['reader_host']} from {result['manager_host']}")
         if args.broadcast:
             where += f", broadcast put from {result['manager_host']} to every node"
         print(f"floor: {args.num_sims} x {result['value_bytes'] / 1e6:.3f} MB, {readers} "
-              f"reader(s){where}, {result['path']} path: get median {result['get_median_s'] * 1e3:.2f} ms, "
+              f"reader(s){where}, {result['path']} path: get median "
+              f"{result['get_median_s'] * 1e3:.2f} ms, "
               f"{result['read_gbps_per_reader']:.3f} GB/s per reader (first read), "
-              f"put {result['put_mean_s'] * 1e3:.2f} ms", flush=True)
+              f"put {result['put_mean_s'] * 1e3:.2f} ms"
+              + ("".join(f", {k} {v * 1e3:.2f}" for k, v in result["stage_median_s"].items())
+                 + " ms (median stages)" if result["stage_median_s"] else "")
+              + f", reply wait {result['reply_wait']}, load {result['loadavg'][0]:.2f}",
+              flush=True)
         if args.json:
             with open(args.json, "a") as f:
                 f.write(json.dumps(result) + "\n")
@@ -151,4 +207,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    lifecycle.run_workflow(main)    # its exit status reaches the launching process, on any node
+    if parse().table:
+        print(table(parse().table))
+        sys.exit(0)
+    dragon_launch.run(main)     # in the head of a Dragon runtime; errors in one line

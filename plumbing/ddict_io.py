@@ -1,6 +1,7 @@
 """How script 8's data sits in Dragon's Distributed Dictionary: one value per simulation,
 its raw float64 bytes (RawPairs), written on the simulation's own node (Writer) and read
-into one reused array (Reader); the DDict's size, time limit and record entry.
+into one reused array (Reader); the DDict's size and time limit. Dragon's modules are
+imported where they are used, inside the runtime.
 
 PC_DDICT_BYTES   a fixed DDict size in bytes instead of one sized from the data
 PC_DDICT_READ    "public": read through Dragon's documented API only (see Reader)
@@ -8,16 +9,21 @@ PC_DDICT_READ    "public": read through Dragon's documented API only (see Reader
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import numpy as np
-from dragon.data import DDict
 
 import common
 from plumbing import dragon_fixes
 
+if TYPE_CHECKING:       # the name for the annotations only
+    from dragon.data import DDict
+
 DDICT_BYTES_ENV = "PC_DDICT_BYTES"
 READ_PATH_ENV = "PC_DDICT_READ"      # "public": never the one-copy read path
+REPLY_WAIT_ENV = "PC_DDICT_REPLY_WAIT"  # "idle": the one-copy get sleeps until the reply is there
 MANAGERS_PER_NODE = 1       # the DDict's shards: one per node, in that node's memory
 DDICT_TIMEOUT_BASE_S = 60   # a DDict operation's time limit on an idle machine (None could hang)
 FULL_AT = 0.9               # a manager refuses puts once its pool is 90% used (Dragon's default)
@@ -51,21 +57,34 @@ class RawPairs:
         header = f"{array.dtype.str} {' '.join(map(str, array.shape))}".encode()
         file.write(len(header).to_bytes(2, "little") + header)
         data = memoryview(np.ascontiguousarray(array)).cast("B")
-        start = 0
-        while start < len(data):
-            left = len(data) - start
-            piece = min(1 << (left.bit_length() - 1), self.PIECE)   # a power of two
-            file.write(data[start:start + piece])
-            start += piece
+        for start, end in self.pieces(len(data)):
+            file.write(data[start:end])
 
-    def load(self, file) -> np.ndarray:
-        dtype, *shape = file.read(int.from_bytes(file.read(2), "little")).decode().split()
+    @classmethod
+    def pieces(cls, nbytes: int):
+        """(start, end) of each piece of a value of `nbytes`: powers of two, at most PIECE."""
+        start = 0
+        while start < nbytes:
+            end = start + min(1 << ((nbytes - start).bit_length() - 1), cls.PIECE)
+            yield start, end
+            start = end
+
+    def array_for(self, header: bytes) -> np.ndarray:
+        """The array a value fills, from its header (the 2-byte length and the header as
+        dump() wrote them, and maybe more): the reused one where it fits."""
+        size = int.from_bytes(header[:2], "little")
+        dtype, *shape = header[2:2 + size].decode().split()
         shape = tuple(int(n) for n in shape)
         array = self.array
         if array is None or array.shape != shape or array.dtype != np.dtype(dtype):
             array = np.empty(shape, dtype)
             if self.reuse:
                 self.array = array
+        return array
+
+    def load(self, file) -> np.ndarray:
+        size = file.read(2)
+        array = self.array_for(size + file.read(int.from_bytes(size, "little")))
         data = memoryview(array).cast("B")
         start = 0
         while start < len(data):
@@ -149,9 +168,14 @@ class Reader:
     array (two copies); "one-copy" receives each piece straight into the array (one copy),
     through Dragon 0.15 internals (see the end of this module). PC_DDICT_READ=public
     forces the first; `path` says which one runs.
+
+    stages=True (benchmarks/ddict_floor.py --stages): the one-copy get notes, per get, the
+    seconds to send the request, to get the manager's reply, and to receive the value
+    (`stages`, a list of those triples).
     """
 
-    def __init__(self, d: DDict):
+    def __init__(self, d: DDict, stages: bool = False):
+        self.stages = [] if stages else None
         self._loader = RawPairs(reuse=True)        # TrainingData.add() copies each value at once
         self._stores = [d.manager(m).pickler(value_pickler=self._loader)
                         for m in range(len(d.stats))]
@@ -159,6 +183,7 @@ class Reader:
             _ = -1 in store                        # connect to every manager now, not while timed
         self.path = read_path()
         self._one_copy = self.path == "one-copy"
+        self._idle = os.environ.get(REPLY_WAIT_ENV) == "idle"
         self._nearest = d.local_managers[0] if d.local_managers else 0
 
     def get(self, sim: common.SimReport) -> np.ndarray:
@@ -166,7 +191,7 @@ class Reader:
         where = self._nearest if sim.location == EVERYWHERE else int(sim.location.split()[-1])
         store = self._stores[where]
         if self._one_copy:
-            return _get_into(store, sim.index, self._loader)
+            return _get_into(store, sim.index, self._loader, self.stages, self._idle)
         return store[sim.index]
 
 
@@ -176,36 +201,12 @@ def read_path() -> str:
     return "public" if forced or not one_copy_supported() else "one-copy"
 
 
-def transport_agent(hosts: list[str]) -> dict:
-    """Which agent moved values between this runtime's nodes, as it was launched ("hsta" or
-    "tcp"; None on one node, where there is none) and, for HSTA, its fabric back end as
-    Dragon's configuration on this node names it ("tcp" on the local cluster; None: HSTA
-    probes libfabric)."""
-    from dragon.transport.util import get_fabric_backend
-    from plumbing import dragon_launch      # here: dragon_launch imports this module
-    agent = dragon_launch.runtime_transport() if len(set(hosts)) > 1 else None
-    return {"transport_agent": agent,
-            "hsta_backend": get_fabric_backend()[0] if agent == "hsta" else None}
-
-
-def describe(d: DDict, requested: int, timeout_s: int, broadcast: bool) -> dict:
-    """The DDict's facts for the run's record."""
-    managers = d.stats
-    return {**transport_agent([m.hostname for m in managers]),
-            "managers": len(managers), "managers_per_node": MANAGERS_PER_NODE,
-            "manager_hosts": [m.hostname for m in managers], "requested_bytes": requested,
-            "pool_bytes": sum(m.total_bytes for m in managers),
-            "used_bytes": sum(m.total_used_bytes for m in managers),
-            "keys": sum(m.num_keys for m in managers),
-            "keys_per_manager": [m.num_keys for m in managers], "timeout_s": timeout_s,
-            "dragon_fixes": dragon_fixes.fixes_record(),
-            "read_path": read_path(),
-            "broadcast": broadcast,
-            "layout": "one value per simulation, key = index, raw float64 bytes in "
-                      "power-of-two pieces, written to "
-                      + ("every manager (bput), read from the trainer's own node's"
-                         if broadcast else "a manager on the simulation's node")
-                      + ", frozen before the trainers read"}
+def layout(broadcast: bool) -> str:
+    """How the values sit in the DDict, in words, for the record."""
+    where = ("every manager (bput), read from the trainer's own node's" if broadcast
+             else "a manager on the simulation's node")
+    return ("one value per simulation, key = index, raw float64 bytes in power-of-two "
+            f"pieces, written to {where}, frozen before the trainers read")
 
 
 # The one-copy read (Reader): Dragon's get, as DDict.__getitem__ does it in 0.15, except
@@ -216,21 +217,28 @@ def one_copy_supported() -> bool:
     if not dragon_fixes.dragon_version_patched():
         return False
     from dragon import fli
+    from dragon.data import DDict
     return hasattr(fli.FLIRecvH, "recv_bytes_into") and all(
         hasattr(DDict, name) for name in ("_choose_manager_pickle_key", "_tag_inc", "_send",
                                           "_check_manager_connection"))
 
 
-def _get_into(store: DDict, key, loader: RawPairs) -> np.ndarray:
+def _get_into(store: DDict, key, loader: RawPairs, stages: list | None = None,
+              idle: bool = False) -> np.ndarray:
     from dragon.data.ddict.ddict import DDictError, DDictKeyError
     from dragon.dtypes import DragonError
     from dragon.infrastructure import messages as dmsg
+    started = time.perf_counter()
     manager, pickled_key = store._choose_manager_pickle_key(key)
     request = dmsg.DDGet(store._tag_inc(), store._client_id, chkptID=store._chkpt_id,
                          key=pickled_key)
     store._check_manager_connection(manager)
     store._send([(request, None)], store._managers[manager], buffered=True)
+    sent = time.perf_counter()
     timeout = store._timeout
+    if idle:                                        # sleep until the reply is there
+        from dragon.channels import IDLE_WAIT
+        store._return_channel.poll(timeout=timeout, wait_mode=IDLE_WAIT)
     with store._return_connector.recvh(use_main_as_stream_channel=True,
                                        timeout=timeout) as recvh:
         while True:                                 # as Dragon does: skip stale replies
@@ -244,16 +252,11 @@ def _get_into(store: DDict, key, loader: RawPairs) -> np.ndarray:
         # a frozen manager on this node lends its own memory: it must not be freed here
         free = reply.freeMem or manager not in store._local_managers
         head = recvh.recv_bytes(free_mem=free, timeout=timeout)[0]
-        dtype, *shape = head[2:2 + int.from_bytes(head[:2], "little")].decode().split()
-        shape = tuple(int(n) for n in shape)
-        array = loader.array
-        if array is None or array.shape != shape or array.dtype != np.dtype(dtype):
-            array = loader.array = np.empty(shape, dtype)
+        answered = time.perf_counter()
+        array = loader.array_for(head)
         data = memoryview(array).cast("B")
-        start = 0
-        while start < len(data):                    # the pieces RawPairs.dump wrote
-            left = len(data) - start
-            piece = min(1 << (left.bit_length() - 1), RawPairs.PIECE)
-            recvh.recv_bytes_into(data[start:start + piece], free_mem=free, timeout=timeout)
-            start += piece
+        for start, end in RawPairs.pieces(len(data)):     # the pieces RawPairs.dump wrote
+            recvh.recv_bytes_into(data[start:end], free_mem=free, timeout=timeout)
+    if stages is not None:
+        stages.append((sent - started, answered - sent, time.perf_counter() - answered))
     return array

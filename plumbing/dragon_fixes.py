@@ -1,6 +1,8 @@
-"""The fixes of DragonHPC 0.15.0's busy waiting (dragon_site/sitecustomize.py): where they
-apply, and the record of what ran. One version guard (PATCHED_VERSIONS, in the fixes' own
-file) decides for every Dragon internal this project touches.
+"""The fixes of DragonHPC 0.15.0's busy waiting and the repairs of its crashes
+(dragon_site/sitecustomize.py): where they apply, and the record of what ran. One version
+guard (PATCHED_VERSIONS, in the fixes' own file) decides for every Dragon internal this
+project touches. The repairs run in every process of the runtimes that 7 and 8 start
+(dragon_site/repairs/ is always on their PYTHONPATH); the fixes where this rule says so:
 
 PC_DRAGON_FIXES  auto (default) | on | off. "auto" decides once, where `dragon` is
                  started: on when the runtime's nodes talk through the TCP transport
@@ -18,6 +20,7 @@ import runpy
 from plumbing import REPOSITORY
 
 DRAGON_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dragon_site")
+REPAIRS = os.path.join(DRAGON_SITE, "repairs")
 # dragon_site/sitecustomize.py's constants, read from the file itself: one copy of each
 _SITE = runpy.run_path(os.path.join(DRAGON_SITE, "sitecustomize.py"), run_name="dragon_site")
 PATCHED_VERSIONS = _SITE["PATCHED_VERSIONS"]    # exact versions the fixes were measured on
@@ -71,10 +74,12 @@ def fixes_rule(setting: str, transport: str | None, nodes: int, cores: int) -> t
 def runtime_pythonpath(fixes: bool = True) -> str:
     """PYTHONPATH for the runtime's processes: dragon_site/ first when `fixes` (its
     sitecustomize fixes Dragon 0.15.0 in every process, Dragon's own agents included) and
-    nowhere when not, then this repository, for common.py and plumbing/."""
+    nowhere when not, then this repository, for common.py and plumbing/, then
+    dragon_site/repairs/ (the repairs, in every process)."""
     rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-            if p and os.path.abspath(p) != DRAGON_SITE]
-    return os.pathsep.join(dict.fromkeys([*([DRAGON_SITE] if fixes else []), REPOSITORY, *rest]))
+            if p and os.path.abspath(p) not in (DRAGON_SITE, REPAIRS)]
+    return os.pathsep.join(dict.fromkeys([*([DRAGON_SITE] if fixes else []), REPOSITORY,
+                                          REPAIRS, *rest]))
 
 
 _FIXES = {"setting": None, "rule": "init_head() was not called", "agents": False}
@@ -88,6 +93,8 @@ def apply_in_head(setting: str, on: bool, rule: str, site_on_path: bool) -> None
     os.environ["PYTHONPATH"] = runtime_pythonpath(on)
     if on:
         _SITE["install"]()
+    if not _SITE["switched_off"](_SITE["REPAIRS_SWITCH_ENV"]):
+        _SITE["install_repairs"]()
 
 
 def site_on_pythonpath() -> bool:
@@ -114,6 +121,12 @@ def group_manager_at_home() -> bool:
     return bool(getattr(ProcessGroup._start_manager, "patched_by", None))
 
 
+def ls_return_lock_repaired() -> bool:
+    """Whether this process made libdragon's Local Services lock ready (dragon_site's R1)."""
+    import dragon.channels
+    return bool(getattr(dragon.channels, "pc_ls_return_lock_attempts", 0))
+
+
 def runtime_fixed() -> bool:
     """Whether Dragon's own processes (transport agents, services) have dragon_site's fixes
     too: yes when the rule put dragon_site/ on the launcher's PYTHONPATH (`python SCRIPT`,
@@ -126,4 +139,5 @@ def fixes_record() -> dict:
     """Which of dragon_site's fixes ran, and why: the record's ddict.dragon_fixes."""
     return {"setting": _FIXES["setting"], "rule": _FIXES["rule"],
             "queue_poll_waits": queue_poll_fixed(), "queue_get_sleeps": queue_get_sleeps(),
-            "group_manager_at_home": group_manager_at_home(), "agents_fixed": runtime_fixed()}
+            "group_manager_at_home": group_manager_at_home(), "agents_fixed": runtime_fixed(),
+            "ls_return_lock_repaired": ls_return_lock_repaired()}

@@ -1,7 +1,9 @@
 """Dragon set-up for script 8: where each process runs (placement policies: one trainer
 per GPU), what every process is given (Shared: the DDict and the queues), one process
 group whose messages the head collects (a failure or a dead process ends the run), and
-its stop, also after an error or Ctrl-C."""
+its stop, also after an error or Ctrl-C. Dragon's modules are imported where they are used,
+inside the runtime: the `python` that starts it needs none (dragon_launch.run checks first
+that DragonHPC is installed)."""
 from __future__ import annotations
 
 import argparse
@@ -15,27 +17,26 @@ import time
 import traceback
 import types
 from collections import Counter
+from typing import TYPE_CHECKING
 
-from dragon.data import DDict
-from dragon.data.ddict import DDictFullError
-from dragon.globalservices import process as gs_process
-from dragon.infrastructure.policy import Policy
-from dragon.native.machine import Node, System
-from dragon.native.process import ProcessTemplate
-from dragon.native.process_group import ProcessGroup
-from dragon.native.queue import Queue
-from dragon.utils import host_id
-
-from plumbing import ddict_io, lifecycle
+from plumbing import ddict_io, dragon_fixes, dragon_launch, lifecycle
 from plumbing.hosts import cores_per_node, gpus_per_node
 from plumbing.records import GB
 
+if TYPE_CHECKING:       # names for the annotations only
+    from dragon.data import DDict
+    from dragon.infrastructure.policy import Policy
+    from dragon.native.machine import Node
+    from dragon.native.queue import Queue
+
 STARTUP_TIMEOUT_S = 600     # every process imports torch and attaches to the DDict
 POLL_S = 1.0                # how often the head looks at its processes while it waits
+STOP_PATIENCE_S = 60        # after an error, each process's time to end on SIGINT (Workflow._end)
 
 
 def on(hostname: str, gpu: int | None = None) -> Policy:
     """Place a process on one node (and give it one GPU)."""
+    from dragon.infrastructure.policy import Policy
     return Policy(placement=Policy.Placement.HOST_NAME, host_name=hostname,
                   gpu_affinity=[] if gpu is None else [gpu])
 
@@ -54,11 +55,11 @@ def trainer_policies(hosts: list[str], num_trainers: int, gpus: int) -> list[Pol
 
 class NodeQueues:
     """Messages from the head that several processes wait for: one Queue on each node, and
-    each process waits on its own node's. While two or more processes wait on a queue of
-    another node, DragonHPC 0.15's HSTA agents spin (85-98% of a core on each node, measured
-    on the 2-node local cluster); with every wait on the waiter's own node they idle (2-3%)."""
+    each process waits on its own node's: while processes wait on a queue of another node,
+    DragonHPC 0.15's HSTA agents spin on both nodes (docs/dragon.md)."""
 
     def __init__(self, nodes: list[Node]):
+        from dragon.native.queue import Queue
         self._queues = {node.h_uid: Queue(policy=on(node.hostname)) for node in nodes}
         self._uid = {node.hostname: node.h_uid for node in nodes}
 
@@ -69,6 +70,7 @@ class NodeQueues:
 
     def get(self):
         """In a process: the next item for the processes of this node."""
+        from dragon.utils import host_id
         return self._queues[host_id()].get()
 
     def destroy(self) -> None:
@@ -83,7 +85,8 @@ class Shared:
     num_nodes: int
     num_simulators: int         # simulation processes, all nodes together
     pairs: DDict                # simulation index -> its pairs (ddict_io.Writer / Reader)
-    reports: Queue              # process -> head: (kind, payload): ready, simulation, trained, failed
+    reports: Queue              # process -> head: (kind, payload): ready, simulation, trained,
+                                # failed
     start_signals: NodeQueues   # head -> simulators: one each, once every process is ready
     manifests: NodeQueues       # head -> trainers: the SimReports of every simulation to read
     exit_signals: NodeQueues    # head -> every process: it may exit now (none exits while
@@ -103,6 +106,7 @@ def reporting(shared: Shared, name: str):
         yield task
     except Exception as error:
         why = f"{type(error).__name__}: {' '.join(str(error).split())}"    # one line
+        from dragon.data.ddict import DDictFullError
         if isinstance(error, DDictFullError):
             why = "no room left in the DDict: " + why
         shared.reports.put(("failed", f"{task.name} failed: {why}",
@@ -115,6 +119,10 @@ class Workflow:
     """The runtime's nodes, the DDict, the queues (`shared`) and one process group for a run."""
 
     def __init__(self, args, run_dir: str, cleanup: contextlib.ExitStack):
+        from dragon.data import DDict
+        from dragon.native.machine import Node, System
+        from dragon.native.process_group import ProcessGroup
+        from dragon.native.queue import Queue
         # the head's node first, the others by name: the same placement every run (Dragon
         # lists the nodes in no fixed order), trainer 0 beside the head
         here = socket.gethostname()
@@ -144,6 +152,9 @@ class Workflow:
         self.ddict_timeout_s = ddict_io.ddict_timeout_s(
             self.nodes, self.sims_per_node + max(trainers_on.values()) + ddict_io.MANAGERS_PER_NODE)
         with _deadline(self.ddict_timeout_s, "the DDict's orchestrator never answered"):
+            if dragon_launch.injected("ddict"):                 # for the tests
+                raise dragon_launch.DragonStalled(f"failure injected through "
+                                                  f"{lifecycle.FAIL_ENV}: the DDict's creation")
             ddict = DDict(ddict_io.MANAGERS_PER_NODE, len(self.nodes), self.ddict_bytes,
                           timeout=self.ddict_timeout_s, persist_path=run_dir)  # not the cwd
         cleanup.callback(ddict.destroy)
@@ -158,13 +169,32 @@ class Workflow:
                 f"{len(managers)} manager(s) ({', '.join(m.hostname for m in managers)}) "
                 f"in {self.ddict_create_s:.2f} s")
 
+    def describe_ddict(self, broadcast: bool) -> dict:
+        """The DDict's facts for the run's record."""
+        managers = self.shared.pairs.stats
+        hosts = [m.hostname for m in managers]
+        return {**dragon_launch.transport_agent(hosts),
+                "managers": len(managers), "managers_per_node": ddict_io.MANAGERS_PER_NODE,
+                "manager_hosts": hosts, "requested_bytes": self.ddict_bytes,
+                "pool_bytes": sum(m.total_bytes for m in managers),
+                "used_bytes": sum(m.total_used_bytes for m in managers),
+                "keys": sum(m.num_keys for m in managers),
+                "keys_per_manager": [m.num_keys for m in managers],
+                "timeout_s": self.ddict_timeout_s,
+                "dragon_fixes": dragon_fixes.fixes_record(),
+                "read_path": ddict_io.read_path(),
+                "broadcast": broadcast,
+                "layout": ddict_io.layout(broadcast)}
+
     def add(self, target, *args, policy: Policy) -> None:
+        from dragon.native.process import ProcessTemplate
         self.group.add_process(1, ProcessTemplate(target, args=args, policy=policy))
 
     def sim_worker_policy(self, worker: int) -> Policy:
         return on(self.sim_hosts[worker])
 
     def start(self) -> None:
+        dragon_launch.work_begins()     # from here on, a failure never restarts the runtime
         self.group.init()
         self._cleanup.push(lambda kind, error, tb: self._end(error))    # sees the error, if any
         self.group.start()
@@ -173,19 +203,25 @@ class Workflow:
     def _died(self) -> list[int]:
         """Exit codes of the group's processes that ended badly. Asked of Global Services:
         the group's own exit_status does not see a process killed from outside (0.15)."""
+        from dragon.globalservices import process as gs_process
         exited, _ = gs_process.multi_join(self._puids, timeout=0, join_all=False)
         return [code for _, code in exited or [] if code != 0]
 
     def _end(self, error) -> None:
         """After a clean run the processes return by themselves; after an error, signal
-        whatever still runs."""
+        whatever still runs: SIGINT, then (STOP_PATIENCE_S later) SIGTERM and SIGKILL. A
+        Dragon process killed in the middle of a Dragon call leaves the node's shared locks
+        (its memory pool's, a channel's) held for ever, and every process of the node that
+        needs them then spins: the runtime never shuts down (DragonHPC 0.15,
+        docs/dev/dragon-upstream/killed_lock_holder.py). SIGINT ends a Python process
+        between two calls; it gets time for that even on a busy node."""
         try:
             if error is None:
                 self.group.join(timeout=30)
         except TimeoutError:
             error = TimeoutError("processes still running")
         if error is not None:
-            self.group.stop(patience=2)
+            self.group.stop(patience=STOP_PATIENCE_S)
         self.group.close()
 
     def collect(self, kind: str, count: int, timeout: float | None = None,
@@ -221,12 +257,12 @@ class Workflow:
 
 @contextlib.contextmanager
 def _deadline(seconds: float, what: str):
-    """TimeoutError after `seconds` in the block (main thread only). DragonHPC 0.15's DDict
-    constructor waits without a limit for its orchestrator process to answer; where that
-    process never starts (seen now and then on the 2-core test machine), the run must fail
-    with a line, not hang."""
+    """dragon_launch.DragonStalled (a TimeoutError) after `seconds` in the block (main thread
+    only). DragonHPC 0.15's DDict constructor waits without a limit for its orchestrator
+    process to answer; where that process never answers, the run must fail with a line (and
+    be started again, dragon_launch.run), not hang."""
     def expire(signum, frame):
-        raise TimeoutError(f"{what} within {seconds:.0f} s")
+        raise dragon_launch.DragonStalled(f"{what} within {seconds:.0f} s")
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:

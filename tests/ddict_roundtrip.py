@@ -16,8 +16,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
-from plumbing import dragon_launch  # noqa: E402
-from plumbing import ddict_io, dragon_fixes, lifecycle  # noqa: E402
+from plumbing import ddict_io, dragon_fixes, dragon_launch  # noqa: E402
 import numpy as np  # noqa: E402
 
 PIECE = ddict_io.RawPairs.PIECE
@@ -70,11 +69,10 @@ def reader(d, manifest, inbox, out):
 
 
 def main() -> int:
-    dragon_launch.relaunch_under_dragon(__file__, sys.argv[1:])
+    from dragon.data import DDict
     from dragon.native.process import Process
     from dragon.native.queue import Queue
-    dragon_launch.init_head()
-    d = ddict_io.DDict(1, 1, 256 * 2**20, timeout=60)
+    d = DDict(1, 1, 256 * 2**20, timeout=60)
     out, inbox = Queue(), Queue(buffered=False, num_streams=2)
     try:
         writer = ddict_io.Writer(d, 1)
@@ -98,4 +96,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    lifecycle.run_workflow(main)    # its exit status reaches the launching process, on any node
+    dragon_launch.run(main)     # in the head of a Dragon runtime, started here

@@ -94,6 +94,7 @@ def test_launch_under_hsta_on_big_nodes_leaves_dragon_site_out(launching, monkey
     env = dragon_launch.launch_fixes_env()
     assert dragon_fixes.DRAGON_SITE not in env["PYTHONPATH"].split(os.pathsep)
     assert dragon_fixes.REPOSITORY in env["PYTHONPATH"].split(os.pathsep)
+    assert dragon_fixes.REPAIRS in env["PYTHONPATH"].split(os.pathsep)     # repairs: always
     assert env["PC_DRAGON_FIXES_RULE"].startswith("off: auto: 2 nodes over hsta")
 
 
@@ -208,6 +209,9 @@ def test_only_the_exact_version_is_patched(monkeypatch, version, patched):
     assert client_module.Client.recv.__defaults__ == (recv_s,)
     assert sends_complete_off_the_loop(client_module) is patched
     assert dragon_fixes.dragon_version_patched() is patched
+    facts = types.SimpleNamespace(TA_PING_TIMEOUT=10)
+    assert SITE["patient_transport_agent"](facts) is patched
+    assert facts.TA_PING_TIMEOUT == (SITE["TA_PING_TIMEOUT_S"] if patched else 10)
     if not patched:     # the one-copy read, a private-API path, is guarded the same way
         assert ddict_io.one_copy_supported() is False
 
@@ -306,22 +310,98 @@ def test_off_keeps_the_fixes_out_even_with_dragon_site_on_pythonpath():
 def test_runtime_pythonpath_with_and_without_dragon_site(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([dragon_fixes.DRAGON_SITE, "/elsewhere"]))
     assert dragon_fixes.runtime_pythonpath(True).split(os.pathsep) == [
-        dragon_fixes.DRAGON_SITE, dragon_fixes.REPOSITORY, "/elsewhere"]
+        dragon_fixes.DRAGON_SITE, dragon_fixes.REPOSITORY, dragon_fixes.REPAIRS, "/elsewhere"]
     assert dragon_fixes.runtime_pythonpath(False).split(os.pathsep) == [
-        dragon_fixes.REPOSITORY, "/elsewhere"]
+        dragon_fixes.REPOSITORY, dragon_fixes.REPAIRS, "/elsewhere"]
+
+
+# --------------------------------------------------------------------------- the repairs
+STALE_LOCK = '''
+import ctypes, json, os, runpy, sys
+import dragon, dragon.channels
+library = ctypes.CDLL(os.path.join(os.path.dirname(dragon.__file__), "lib", "libdragon.so"))
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+
+def leave_stale_lock():
+    """A freed heap block that held an initialized lock: the next malloc of its size."""
+    block = libc.malloc(library.dragon_lock_size(1))
+    ctypes.memset(block + 0x10, 1, 8)
+    libc.free(block)
+
+
+init = getattr(library, "_Z19init_ls_return_lockv")
+seen = {{}}
+if sys.argv[1] == "dragon":
+    leave_stale_lock()
+    seen["first_init"] = init()
+else:
+    site = runpy.run_path({site!r}, run_name="dragon_site")
+    leave_stale_lock()
+    seen["repaired"] = site["ls_return_lock_ready"](dragon.channels)
+    seen["attempts"] = dragon.channels.pc_ls_return_lock_attempts
+seen["then"] = init()
+print(json.dumps(seen))
+'''
+
+
+def stale_lock(tmp_path, how: str) -> dict:
+    script = tmp_path / "stale_lock.py"
+    script.write_text(STALE_LOCK.format(site=str(ROOT / "plumbing" / "dragon_site" /
+                                                 "sitecustomize.py")))
+    proc = subprocess.run([sys.executable, str(script), how], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, PYTHONPATH=""))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_dragon_refuses_a_lock_in_a_reused_heap_block(tmp_path):
+    """Dragon 0.15.0's own init_ls_return_lock, as a first Local Services request calls it,
+    in a block that held a lock: DRAGON_LOCK_ALREADY_INITD (the bug R1 repairs)."""
+    from dragon.dtypes import DragonError
+    seen = stale_lock(tmp_path, "dragon")
+    assert seen["first_init"] == DragonError.LOCK_ALREADY_INITD.value
+    assert seen["then"] == 0                        # a new block: it works the second time
+
+
+def test_the_transport_agent_repair_names_what_dragon_0_15_0_reads():
+    """Local Services reads facts.TA_PING_TIMEOUT when it waits for its agent (not a copy
+    taken at import), so the repaired value is the one it uses."""
+    from dragon.infrastructure import facts
+    from dragon.localservices import local_svc
+    assert SITE["FACTS_MODULE"] == facts.__name__ and isinstance(facts.TA_PING_TIMEOUT, int)
+    assert "dfacts.TA_PING_TIMEOUT" in inspect.getsource(local_svc)
+
+
+def test_the_repairs_run_in_a_process_with_repairs_on_its_path():
+    code = ("import dragon.infrastructure.facts as f, dragon.channels as c; "
+            "print(f.TA_PING_TIMEOUT, c.pc_ls_return_lock_attempts)")
+    env = dict(os.environ, PYTHONPATH=dragon_fixes.REPAIRS, PC_DRAGON_REPAIRS="")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(SITE["TA_PING_TIMEOUT_S"]), "1"]
+
+
+def test_the_repair_makes_the_lock_ready_whatever_the_heap_holds(tmp_path):
+    seen = stale_lock(tmp_path, "repair")
+    assert seen["repaired"] is True and seen["attempts"] >= 1 and seen["then"] == 0
 
 
 # --------------------------------------------------------------------------- real runtimes
 PROBE = '''
 import json, sys
 sys.path.insert(0, {root!r})
-from plumbing import dragon_fixes, dragon_launch, lifecycle
+from plumbing import dragon_fixes, dragon_launch
 
 
 def child(out):
     out.put({{"queue_get_sleeps": dragon_fixes.queue_get_sleeps(),
               "queue_poll_waits": dragon_fixes.queue_poll_fixed(),
-              "group_manager_at_home": dragon_fixes.group_manager_at_home()}})
+              "group_manager_at_home": dragon_fixes.group_manager_at_home(),
+              "ls_return_lock_repaired": dragon_fixes.ls_return_lock_repaired()}})
 
 
 def main():
@@ -338,10 +418,7 @@ def main():
 
 
 if __name__ == "__main__":
-    dragon_launch.relaunch_under_dragon(__file__, sys.argv[1:])
-    dragon_launch.link_head_to_launcher(interrupts=False)
-    dragon_launch.init_head()
-    lifecycle.run_workflow(main)
+    dragon_launch.run(main)
 '''
 
 
@@ -377,7 +454,8 @@ def test_a_real_runtime_records_which_fixes_ran(nothing_left, setting):
     assert head["group_manager_at_home"] is on
     assert head["agents_fixed"] is on                       # dragon_site on the launcher's path
     assert seen["child"] == {"queue_get_sleeps": on, "queue_poll_waits": on,
-                             "group_manager_at_home": on}
+                             "group_manager_at_home": on, "ls_return_lock_repaired": True}
+    assert head["ls_return_lock_repaired"] is True          # the repairs: fixes or not
 
 
 def test_plain_dragon_fixes_only_the_head_and_its_processes(nothing_left):
@@ -389,4 +467,4 @@ def test_plain_dragon_fixes_only_the_head_and_its_processes(nothing_left):
     assert head["agents_fixed"] is False
     assert head["rule"].startswith("PC_DRAGON_FIXES=on (the head and its processes only")
     assert seen["child"] == {"queue_get_sleeps": True, "queue_poll_waits": True,
-                             "group_manager_at_home": True}
+                             "group_manager_at_home": True, "ls_return_lock_repaired": True}

@@ -18,7 +18,7 @@ SCRIPT = "8_dragon_producer_consumer.py"
 def test_ddict_introduction_puts_in_one_process_and_gets_in_another(nothing_left):
     proc = run_script([INTRO], cwd=nothing_left, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "manager 0 on " in proc.stdout and "MiB of memory" in proc.stdout
+    assert "manager 0 on " in proc.stdout and "64 MiB" in proc.stdout
     assert "got 'hello from the writer on " in proc.stdout
     assert "keys: ['greeting', 'reader_note', 'wave'], len(d) = 3" in proc.stdout
     assert "received 8,000,000 bytes" in proc.stdout

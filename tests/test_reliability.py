@@ -1,5 +1,6 @@
 """Faults, interruptions, bad input and concurrent runs of 5, 6 and 8, with the real engines:
-every run ends within bounded time, says why, and leaves nothing behind (see nothing_left)."""
+every run ends, says why, and leaves nothing behind (see nothing_left). Time limits here only
+guard against a hang; they are generous, for a loaded machine."""
 import os
 import re
 import signal
@@ -33,11 +34,12 @@ def test_a_failing_task_ends_the_run_with_its_name(nothing_left, script, kind, i
     workdir = nothing_left
     env = script_env(workdir, PC_INJECT_FAILURE=f"{kind}:{index}")
     proc = run_script([script, *run_args(workdir, "--num_sims", 6, "--num_trainers", 2, *TINY)],
-                      cwd=workdir, env=env, timeout=180)
+                      cwd=workdir, env=env, timeout=600)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     [line] = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert f"error: {kind} {index} failed: RuntimeError: failure injected" in line
     assert not (workdir / "r.jsonl").exists()
+    assert "starting Dragon's runtime again" not in proc.stderr     # work had begun
     # the task's own traceback, from the worker that ran it, in the file the line names
     assert_traceback_of_task(line, "simulate" if kind == "simulation" else "train")
 
@@ -59,7 +61,7 @@ def start(argv, workdir) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_line(proc, text, timeout=180):
+def wait_for_line(proc, text, timeout=600):
     """Read proc's output until a line holds `text`; fail after `timeout` s even when the
     process prints nothing more (a run that hangs must fail the test, not stop the suite)."""
     import select
@@ -76,6 +78,7 @@ def wait_for_line(proc, text, timeout=180):
             return
 
 
+HANG_S = 300        # an interrupted run that has not ended by then hangs
 # the simulation phase lasts 40 x 1 s / 2 workers; the training phase never ends by itself
 SIMULATING = ["--compute_time", "1", "--grid_size", "16"]
 TRAINING = ["--compute_time", "0", "--grid_size", "32", "--epochs", "100000"]
@@ -87,7 +90,7 @@ TRAINING = ["--compute_time", "0", "--grid_size", "32", "--epochs", "100000"]
     (FUT, "simulation", signal.SIGTERM), (FUT, "training", signal.SIGINT),
     (DDICT, "simulation", signal.SIGTERM), (DDICT, "training", signal.SIGINT),
 ], ids=lambda p: p.name if isinstance(p, signal.Signals) else p.split("_")[0])
-def test_interrupt_exits_within_30_s_and_cleans_up(nothing_left, script, phase, signum):
+def test_interrupt_exits_and_cleans_up(nothing_left, script, phase, signum):
     workdir = nothing_left
     extra, marker = ((SIMULATING, "warm after" if script != DDICT else "ready after")
                      if phase == "simulation" else (TRAINING, "simulations done"))
@@ -101,7 +104,7 @@ def test_interrupt_exits_within_30_s_and_cleans_up(nothing_left, script, phase, 
         if script == FS and phase == "training":    # an impatient user: again, mid-clean-up
             time.sleep(0.2)
             proc.send_signal(signum)
-        proc.wait(timeout=30)
+        proc.wait(timeout=HANG_S)
     finally:
         proc.kill()
     assert proc.returncode == 130
@@ -161,7 +164,7 @@ BAD_INPUT_5_8 = [
 
 def refused(workdir, script, args, flag, env=None):
     """Exit status 2, one line naming `flag`, nothing printed or made, nothing running."""
-    proc = run_script([script, *args], cwd=workdir, env=env, timeout=60)
+    proc = run_script([script, *args], cwd=workdir, env=env, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stdout == ""                # a Dragon launcher or Parsl would have printed
     assert proc.stderr.count("\n") == 1 and flag in proc.stderr and "error:" in proc.stderr, \
@@ -214,7 +217,7 @@ def test_a_missing_dragon_runtime_is_one_line(workdir, tmp_path_factory, script)
     env = script_env(workdir, PYTHONPATH=str(packages))
     args = [] if script == INTRO else run_args(workdir)
     proc = subprocess.run([sys.executable, "-S", str(ROOT / script), *args],
-                          cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.count("\n") == 1 and "DragonHPC is not installed" in proc.stderr, \
         proc.stderr

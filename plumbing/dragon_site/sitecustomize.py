@@ -48,8 +48,28 @@ where the spinning costs more than that (PC_DRAGON_FIXES, see plumbing/dragon_fi
 docs/dragon.md). PC_DRAGON_FIXES=off in a process's environment keeps the fixes out of it
 even with this folder on PYTHONPATH.
 
+The repairs of Dragon's crashes live here too (REPAIRS), but run wherever the runtimes of 7
+and 8 run, fixes or not: plumbing/dragon_fixes.py puts repairs/ on PYTHONPATH always, and its
+sitecustomize calls install_repairs() from this file.
+
+R1. A process's first request to Dragon's Local Services (Channel.make_process_local, a
+   process-local pool, a key-value get or set: libdragon's dragon_ls_send_receive) first
+   initializes a process-wide lock, in memory it takes with malloc() and does not clear
+   (init_ls_return_lock, messages_api.cpp). Where that memory held a lock before, or any
+   data with eight bytes of 0x01 at offset 16 (the lock's "initialized" mark), the lock
+   library refuses it: DRAGON_LOCK_ALREADY_INITD, and the request fails. A DDict manager
+   whose first request fails that way dies, and the DDict's creation never completes.
+   The repair makes that initialization once, when dragon.channels is imported, before
+   any request, and again until it succeeds (each attempt takes a new block of memory).
+R2. On every node of a multi-node runtime, Local Services waits for its transport agent's
+   first message (TAPingLS) for dragon.infrastructure.facts.TA_PING_TIMEOUT, 10 s, then
+   gives up and the whole runtime fails to start ("Expected TAUp during startup but received
+   AbnormalTermination" from the launcher). An agent that is slow to start on a busy node
+   is not broken: the repair gives it TA_PING_TIMEOUT_S, as long as Dragon gives a process
+   it launches on this node (facts.LOCAL_LAUNCH_TIMEOUT, 60 s) and then some.
+
 Only DragonHPC 0.15.0, the version this was measured on (PATCHED_VERSIONS), is patched,
-and only when Dragon's queue module is imported; other processes pay one import hook.
+and only when the Dragon module concerned is imported; other processes pay one import hook.
 Another sitecustomize further along the path is still run.
 """
 import importlib.abc
@@ -62,6 +82,7 @@ import time
 
 PATCHED_VERSIONS = ("0.15.0",)    # exact versions; plumbing/dragon_fixes.py reads this one too
 SWITCH_ENV = "PC_DRAGON_FIXES"     # "off": no fix in this process (see plumbing/dragon_fixes.py)
+REPAIRS_SWITCH_ENV = "PC_DRAGON_REPAIRS"    # "off": no repair in this process
 POLL_EVERY_S = 0.02         # control messages wait at most this long; a sleep costs ~nothing
 FIRST_CHECK_S = 0.001       # a get checks again after 1, 2, 4 ... ms, up to POLL_EVERY_S
 QUEUE_MODULE = "dragon.native.queue"
@@ -69,6 +90,11 @@ AGENT_MODULE = "dragon.transport.tcp.client"
 AGENT_RECV_S = 1.0          # was 0.1
 HSTA_MODULE = "dragon.transport.hsta.__main__"
 GROUP_MODULE = "dragon.native.process_group"
+CHANNELS_MODULE = "dragon.channels"
+LS_RETURN_LOCK_INIT = "_Z19init_ls_return_lockv"    # init_ls_return_lock(), C++ linkage
+LS_RETURN_LOCK_ATTEMPTS = 5
+FACTS_MODULE = "dragon.infrastructure.facts"
+TA_PING_TIMEOUT_S = 120
 HSTA_TIMER_SLACK_NS = 1_000_000     # an idle HSTA's usleep(1) lasts about this long
 PR_SET_TIMERSLACK, PR_GET_TIMERSLACK = 29, 30      # <linux/prctl.h>
 
@@ -209,15 +235,42 @@ def home_group_manager(group_module) -> bool:
     return True
 
 
+def ls_return_lock_ready(channels_module) -> bool:
+    """R1: initialize libdragon's Local Services lock now, until it succeeds; True if this
+    Dragon needed it (and has it now)."""
+    if not version_patched():
+        return False
+    import ctypes
+    library = os.path.join(os.path.dirname(channels_module.__file__), "lib", "libdragon.so")
+    init = getattr(ctypes.CDLL(library), LS_RETURN_LOCK_INIT)   # the same copy Dragon uses
+    for attempt in range(1, LS_RETURN_LOCK_ATTEMPTS + 1):
+        if init() == 0:
+            channels_module.pc_ls_return_lock_attempts = attempt
+            return True
+    return False
+
+
+def patient_transport_agent(facts_module) -> bool:
+    """R2: Local Services waits TA_PING_TIMEOUT_S for its transport agent's first message."""
+    if not version_patched():
+        return False
+    facts_module.TA_PING_TIMEOUT = max(facts_module.TA_PING_TIMEOUT, TA_PING_TIMEOUT_S)
+    return True
+
+
 FIXES = {QUEUE_MODULE: fix, AGENT_MODULE: calm_agent, HSTA_MODULE: calm_hsta,
          GROUP_MODULE: home_group_manager}
+REPAIRS = {CHANNELS_MODULE: ls_return_lock_ready, FACTS_MODULE: patient_transport_agent}
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
     """Runs a fix right after the Dragon module it fixes is first imported."""
 
+    def __init__(self, fixes: dict):
+        self.fixes = fixes
+
     def find_spec(self, name, path, target=None):
-        if name not in FIXES:
+        if name not in self.fixes:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:
@@ -226,34 +279,44 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             load(module)
-            FIXES[name](module)
+            self.fixes[name](module)
         spec.loader.exec_module = exec_module
         return spec
 
 
-def install() -> None:
-    """Fix what is imported already; fix the rest as it gets imported."""
-    for name, fix_it in FIXES.items():
+def _install(fixes: dict) -> None:
+    for name, fix_it in fixes.items():
         if name in sys.modules:
             fix_it(sys.modules[name])
-    if not any(isinstance(finder, _PatchOnImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _PatchOnImport())
+    if not any(getattr(finder, "fixes", None) is fixes for finder in sys.meta_path):
+        sys.meta_path.insert(0, _PatchOnImport(fixes))
 
 
-def _run_next_sitecustomize() -> None:
-    """The sitecustomize this one hides (a site's or a distribution's), if any."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    rest = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+def install() -> None:
+    """Fix what is imported already; fix the rest as it gets imported."""
+    _install(FIXES)
+
+
+def install_repairs() -> None:
+    """Repair what is imported already; repair the rest as it gets imported."""
+    _install(REPAIRS)
+
+
+def run_next_sitecustomize(here: str) -> None:
+    """The sitecustomize that the one in folder `here` hides (repairs/'s, a site's, a
+    distribution's): the first one in the folders after `here` on sys.path."""
+    folders = [os.path.abspath(p or os.curdir) for p in sys.path]
+    rest = sys.path[folders.index(here) + 1:] if here in folders else sys.path
     spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
     if spec is not None and spec.loader is not None:
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
 
-def switched_off() -> bool:
-    return os.environ.get(SWITCH_ENV, "").strip().lower() == "off"
+def switched_off(switch: str = SWITCH_ENV) -> bool:
+    return os.environ.get(switch, "").strip().lower() == "off"
 
 
 if __name__ == "sitecustomize":
     if not switched_off():
         install()
-    _run_next_sitecustomize()
+    run_next_sitecustomize(os.path.dirname(os.path.abspath(__file__)))
