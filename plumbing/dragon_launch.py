@@ -131,7 +131,7 @@ def injected(kind: str) -> bool:
     `kind` ("runtime": Dragon's launcher crashes; "ddict": the DDict's creation stalls;
     "shutdown": the runtime never shuts down after the head ends): `kind`:0 in the first
     start only, `kind`:all in every start."""
-    value = os.environ.get(lifecycle.FAIL_ENV)
+    value = os.environ.get(common.FAIL_ENV)
     return value == f"{kind}:all" or value == f"{kind}:0" and not os.environ.get(RETRIED_ENV)
 
 

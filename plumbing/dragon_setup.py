@@ -19,6 +19,7 @@ import types
 from collections import Counter
 from typing import TYPE_CHECKING
 
+import common
 from plumbing import ddict_io, dragon_fixes, dragon_launch, lifecycle
 from plumbing.hosts import cores_per_node, gpus_per_node
 from plumbing.records import GB
@@ -154,7 +155,7 @@ class Workflow:
         with _deadline(self.ddict_timeout_s, "the DDict's orchestrator never answered"):
             if dragon_launch.injected("ddict"):                 # for the tests
                 raise dragon_launch.DragonStalled(f"failure injected through "
-                                                  f"{lifecycle.FAIL_ENV}: the DDict's creation")
+                                                  f"{common.FAIL_ENV}: the DDict's creation")
             ddict = DDict(ddict_io.MANAGERS_PER_NODE, len(self.nodes), self.ddict_bytes,
                           timeout=self.ddict_timeout_s, persist_path=run_dir)  # not the cwd
         cleanup.callback(ddict.destroy)
