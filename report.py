@@ -505,20 +505,23 @@ def change_lines(say: Wording) -> list[str]:
 
 
 def spread_lines(say: Wording) -> list[str]:
-    """Per data size and node count, each transport that ran more than once: the range of
-    its runs' read times, and the slowest run's time as a multiple of the fastest one's."""
-    lines = []
-    for case in say.cases():
-        parts = []
-        for c in (c for c in case if len(c.runs) > 1):
-            low, high = (shown(value, IO_DIGITS) for value in c.span("train_io_mean_s"))
-            ratio = times(high, low)
-            parts.append(f"{say.name(c)} {number(low, IO_DIGITS)}-{number(high, IO_DIGITS)} s "
-                         f"({plural(len(c.runs), 'run')}"
-                         + (f", {ratio:.1f}x)" if ratio else ")"))
-        if parts:
-            lines.append(f"- {say.case(case[0])}: {', '.join(parts)}.")
-    return lines
+    """One summary of the configurations that ran more than once: how far apart their runs'
+    read times were (the slowest run's as a multiple of the fastest one's: the largest, and
+    the median over the configurations). The ranges themselves are in the table."""
+    ratios = []
+    for c in (c for case in say.cases() for c in case if len(c.runs) > 1):
+        low, high = (shown(value, IO_DIGITS) for value in c.span("train_io_mean_s"))
+        ratios.append((times(high, low) or 1.0, say.name(c), say.case(c), len(c.runs)))
+    if not ratios:
+        return []
+    worst = max(ratios)
+    median = statistics.median(ratio for ratio, *_ in ratios)
+    counts = sorted({runs for *_, runs in ratios})
+    return [f"- {plural(len(ratios), 'configuration')} ran {'/'.join(map(str, counts))} times. "
+            f"Between the runs of one configuration a trainer's read time varied by up to "
+            f"{worst[0]:.1f}x ({worst[1]}, {worst[2]}), by {median:.1f}x at the median; the "
+            "table gives each range in brackets, and above, \"the runs' ranges overlap\" "
+            "marks an order that these runs do not settle."]
 
 
 def observations(records: list[dict]) -> str:
@@ -550,9 +553,7 @@ def observations(records: list[dict]) -> str:
         lines += ["", "**From fewer nodes to more** (each transport's read time):", ""] + changes
     spreads = spread_lines(say)
     if spreads:
-        lines += ["", "**Spread between repeated runs** (the range of a trainer's read time; "
-                      "in brackets the slowest run's time as a multiple of the fastest one's):",
-                  ""] + spreads
+        lines += ["", "**Spread between repeated runs:**", ""] + spreads
     else:
         lines += ["", "Each configuration ran once, so these records show no spread between runs."]
     return "\n".join(lines) + "\n"
