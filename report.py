@@ -517,7 +517,8 @@ def spread_lines(say: Wording) -> list[str]:
     worst = max(ratios)
     median = statistics.median(ratio for ratio, *_ in ratios)
     counts = sorted({runs for *_, runs in ratios})
-    return [f"- {plural(len(ratios), 'configuration')} ran {'/'.join(map(str, counts))} times. "
+    how_often = (f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}")
+    return [f"- {plural(len(ratios), 'configuration')} ran {how_often} times each. "
             f"Between the runs of one configuration a trainer's read time varied by up to "
             f"{worst[0]:.1f}x ({worst[1]}, {worst[2]}), by {median:.1f}x at the median; the "
             "table gives each range in brackets, and above, \"the runs' ranges overlap\" "

@@ -129,7 +129,7 @@ def summarize(results, num_sims, grid_size, rounds, broadcast, between, hosts) -
     return {"num_sims": num_sims, "grid_size": grid_size, "readers": len(results),
             "between": between, "loadavg": os.getloadavg(),
             "stage_median_s": ({name: statistics.median(s[i] for s in stages) for i, name in
-                                enumerate(("send", "reply", "receive"))} if stages else None),
+                                enumerate(("send", "reply", "receive", "cpu"))} if stages else None),
             "value_bytes": nbytes, "path": results[0]["path"], "broadcast": broadcast,
             "reader_host": hosts[0], "manager_host": hosts[-1],
             "get_s": [r["get_s"] for r in results],
@@ -168,7 +168,7 @@ def parse(argv=None) -> argparse.Namespace:
 def table(path: str) -> str:
     """One row per measurement of a --json file: per-get medians and their stages, in ms."""
     rows = ["| readers | reply wait | work between gets | get median ms | send | reply | "
-            "receive | load avg |", "|---|---|---|---|---|---|---|---|"]
+            "receive | reader's CPU | load avg |", "|---|---|---|---|---|---|---|---|---|"]
     with open(path) as f:
         for line in f:
             r = json.loads(line)
@@ -176,7 +176,7 @@ def table(path: str) -> str:
             rows.append(f"| {r['readers']} | {r.get('reply_wait', 'dragon')} | "
                         f"{'yes' if r.get('between') else 'no'} | {r['get_median_s'] * 1e3:.2f} | "
                         + " | ".join(f"{st[k] * 1e3:.2f}" if k in st else "-"
-                                     for k in ("send", "reply", "receive"))
+                                     for k in ("send", "reply", "receive", "cpu"))
                         + f" | {r['loadavg'][0]:.2f} |")
     return "\n".join(rows)
 

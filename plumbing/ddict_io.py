@@ -169,9 +169,9 @@ class Reader:
     through Dragon 0.15 internals (see the end of this module). PC_DDICT_READ=public
     forces the first; `path` says which one runs.
 
-    stages=True (benchmarks/ddict_floor.py --stages): the one-copy get notes, per get, the
-    seconds to send the request, to get the manager's reply, and to receive the value
-    (`stages`, a list of those triples).
+    stages=True (benchmarks/ddict_floor.py): the one-copy get notes, per get, the seconds to
+    send the request, to get the manager's reply, to receive the value, and the CPU seconds
+    the calling thread spent on all of it (`stages`, a list of those four).
     """
 
     def __init__(self, d: DDict, stages: bool = False):
@@ -228,7 +228,7 @@ def _get_into(store: DDict, key, loader: RawPairs, stages: list | None = None,
     from dragon.data.ddict.ddict import DDictError, DDictKeyError
     from dragon.dtypes import DragonError
     from dragon.infrastructure import messages as dmsg
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.thread_time()
     manager, pickled_key = store._choose_manager_pickle_key(key)
     request = dmsg.DDGet(store._tag_inc(), store._client_id, chkptID=store._chkpt_id,
                          key=pickled_key)
@@ -258,5 +258,6 @@ def _get_into(store: DDict, key, loader: RawPairs, stages: list | None = None,
         for start, end in RawPairs.pieces(len(data)):     # the pieces RawPairs.dump wrote
             recvh.recv_bytes_into(data[start:end], free_mem=free, timeout=timeout)
     if stages is not None:
-        stages.append((sent - started, answered - sent, time.perf_counter() - answered))
+        stages.append((sent - started, answered - sent, time.perf_counter() - answered,
+                       time.thread_time() - cpu))
     return array

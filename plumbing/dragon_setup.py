@@ -158,7 +158,7 @@ class Workflow:
                                                   f"{common.FAIL_ENV}: the DDict's creation")
             ddict = DDict(ddict_io.MANAGERS_PER_NODE, len(self.nodes), self.ddict_bytes,
                           timeout=self.ddict_timeout_s, persist_path=run_dir)  # not the cwd
-        cleanup.callback(ddict.destroy)
+        cleanup.callback(_destroy, ddict)
         self.ddict_create_s = time.perf_counter() - start
         self.shared = Shared(args, len(self.nodes), self.num_sim_workers, ddict, *queues)
         self.group = ProcessGroup(restart=False, ignore_error_on_exit=True)
@@ -254,6 +254,18 @@ class Workflow:
                 raise RuntimeError(f"expected a {kind!r} message, got {message[0]!r}")
             found.append(message[1:] if len(message) > 2 else message[1])
         return found
+
+
+def _destroy(ddict: DDict) -> None:
+    """ddict.destroy(), which waits without a limit for the DDict's orchestrator process to
+    answer (DragonHPC 0.15): where that process has ended, an error instead of a run that
+    never ends (its managers end with it; the runtime's end frees their memory)."""
+    orchestrator = getattr(ddict, "_orc_proc", None) if dragon_fixes.dragon_version_patched() \
+        else None
+    if orchestrator is not None and not orchestrator.is_alive:
+        raise RuntimeError("the DDict's orchestrator process has ended: the DDict cannot be "
+                           "destroyed (a failure of DragonHPC)")
+    ddict.destroy()
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from importlib import metadata
 
 import pytest
 
-from conftest import ROOT, run_script, script_env
+from conftest import ROOT, run_script, script_env, unavailable
 
 from plumbing import dragon_launch  # noqa: E402  (conftest puts the repository on sys.path)
 from plumbing import ddict_io, dragon_fixes  # noqa: E402
@@ -89,7 +89,7 @@ def test_launch_under_hsta_on_big_nodes_leaves_dragon_site_out(launching, monkey
     monkeypatch.setenv("PYTHONPATH", dragon_fixes.DRAGON_SITE)     # even if a user put it there
     from dragon.infrastructure import facts
     if not facts.HSTA_BINARY.is_file():
-        pytest.skip("no HSTA binary: Dragon falls back to TCP")
+        unavailable("this Dragon has no HSTA binary: it falls back to TCP")
     assert dragon_launch.runtime_transport() == "hsta"             # Dragon's default
     env = dragon_launch.launch_fixes_env()
     assert dragon_fixes.DRAGON_SITE not in env["PYTHONPATH"].split(os.pathsep)

@@ -111,9 +111,9 @@ def test_script_8_runs_where_the_only_network_is_loopback(workdir):
     """A GPU machine cut off from every network: Dragon's runtime then gives its processes no
     DRAGON_RT_UID, and the script must still see that it runs inside one (it relaunched
     itself without end). Here in a network namespace with only `lo`."""
-    from conftest import cluster_unavailable, leftover_processes
+    from conftest import cluster_unavailable, leftover_processes, unavailable
     if cluster_unavailable():
-        pytest.skip(cluster_unavailable())
+        unavailable(cluster_unavailable())
     results = workdir / "r.jsonl"
     command = (f"ip link set lo up && exec {sys.executable} {ROOT / SCRIPT} --num_sims 4 "
                f"--grid_size 16 --compute_time 0 --data_dir {workdir / 'data'} "
@@ -125,3 +125,36 @@ def test_script_8_runs_where_the_only_network_is_loopback(workdir):
     assert record["integrity_ok"] is True
     assert sorted(os.listdir(workdir)) == ["data", "r.jsonl"] and os.listdir(workdir / "data") == []
     assert leftover_processes(workdir) == []
+
+
+ORPHANED_DDICT = '''
+import sys
+sys.path.insert(0, {root!r})
+from plumbing import dragon_launch, dragon_setup
+
+
+def main():
+    from dragon.data import DDict
+    d = DDict(1, 1, 64 * 2**20, timeout=60)
+    d._orc_proc.kill()                          # the DDict's orchestrator ends
+    d._orc_proc.join(timeout=120)
+    try:
+        dragon_setup._destroy(d)
+    except RuntimeError as error:
+        print("REFUSED " + str(error), flush=True)
+
+
+if __name__ == "__main__":
+    dragon_launch.run(main)
+'''
+
+
+def test_a_ddict_whose_orchestrator_ended_is_an_error_not_a_hang(nothing_left):
+    """DDict.destroy waits without a limit for its orchestrator (DragonHPC 0.15); where that
+    process has ended, the clean-up says so instead of never ending."""
+    probe = nothing_left / "orphaned.py"
+    probe.write_text(ORPHANED_DDICT.format(root=str(ROOT)))
+    proc = run_script([sys.executable, probe], cwd=nothing_left, timeout=600)
+    probe.unlink()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "REFUSED the DDict's orchestrator process has ended" in proc.stdout

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, unavailable
 from test_multinode import installed_or_skip
 
 SCRIPTS = ["0_activate_env.sh", "9_submit_multinode.sh", ".ci/run", "cluster/slurm.sh",
@@ -18,8 +18,7 @@ def shellcheck():
 
 
 def _existing(script: str):
-    if not (ROOT / script).exists():
-        pytest.skip(f"{script} is not in this checkout")
+    assert (ROOT / script).exists(), f"{script} is not in this checkout"
     return ROOT / script
 
 
@@ -46,7 +45,7 @@ def _bash(command: str, cwd) -> subprocess.CompletedProcess:
 def test_sourcing_again_only_activates(tmp_path):
     venv = sys.prefix
     if not os.path.exists(os.path.join(venv, ".requirements.sha256")):
-        pytest.skip("these tests do not run in an environment 0_activate_env.sh made")
+        unavailable("these tests run only in an environment 0_activate_env.sh made")
     # a strict caller (set -euo pipefail, as CI and batch scripts are) from another directory
     proc = _bash(f"set -euo pipefail; PC_VENV={venv} source {ROOT}/0_activate_env.sh; "
                  'echo "python=$(command -v python) venv=$VIRTUAL_ENV"', cwd=tmp_path)
@@ -59,7 +58,7 @@ def test_sourcing_again_only_activates(tmp_path):
 def test_running_instead_of_sourcing_says_how(tmp_path):
     venv = sys.prefix
     if not os.path.exists(os.path.join(venv, ".requirements.sha256")):
-        pytest.skip("these tests do not run in an environment 0_activate_env.sh made")
+        unavailable("these tests run only in an environment 0_activate_env.sh made")
     proc = _bash(f"PC_VENV={venv} bash {ROOT}/0_activate_env.sh", cwd=tmp_path)
     assert proc.returncode == 0
     assert "source 0_activate_env.sh" in proc.stderr

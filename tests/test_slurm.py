@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from conftest import (CLUSTER_STATE, ROOT, TAG, leftover_processes, parse_exports, read_records)
+from conftest import (CLUSTER_STATE, ROOT, TAG, leftover_processes, parse_exports, read_records,
+                      unavailable)
 
 SLURM_SCRIPT = ROOT / "cluster" / "slurm.sh"
 SLURM_DIR = CLUSTER_STATE / "slurm"
@@ -100,7 +101,7 @@ def slurm(local_cluster):
     started = time.monotonic()
     installed = slurm_command("install", timeout=900)      # apt-get, where they are missing
     if installed.returncode != 0:
-        pytest.skip(f"no Slurm, and it could not be installed: {installed.stderr.strip()[-300:]}")
+        unavailable(f"no Slurm, and it could not be installed: {installed.stderr.strip()[-300:]}")
     print(f"slurm.sh install: {time.monotonic() - started:.1f} s")
     before = machine_files()
     started = time.monotonic()
