@@ -55,12 +55,9 @@ def trainer(rank, kernel_size, manifest, sims, grid_size, num_trainers, cpu_thre
 def main(argv=None) -> int:
     parser = cli.make_parser(__doc__.splitlines()[0])
     proxystore_setup.add_argument(parser)
-    # by value each byte exists ~5 times per trainer on the way (pickles in head, interchange
-    # and worker, the unpickled float64, the float32 copy); by proxy 1.5, plus the store
     args = cli.check_args(parser, argv, more_memory=proxystore_setup.store_memory,
                           more_checks=proxystore_setup.check_args,
-                          trainer_copies=lambda args: 5.0 if args.proxystore is None
-                          else proxystore_setup.COPIES_PER_TRAINER)
+                          trainer_copies=proxystore_setup.trainer_copies)
     transport = TRANSPORT if args.proxystore is None else f"parsl+proxystore-{args.proxystore}"
     phases = records.Phases()
     # leaving these blocks, also on an error or Ctrl-C, stops the workers, empties and stops

@@ -369,6 +369,8 @@ def evaluate(result: dict) -> list[dict]:
 
 
 def table(result: dict) -> str:
+    """Every figure of a run, one column per cell, section by section (limits, transports,
+    DDict gets, ratios, start-up). Long because it is a flat list of rows, one line each."""
     keys = list(result["cells"])
     fmt = "{:<32}" + "{:>12}" * len(keys)
     rows = [fmt.format("(GB = 1e9 bytes)", *keys),
@@ -481,6 +483,54 @@ def _stop(signum, frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)   # reaches run_child: children stop too
 
 
+def measure_size(sims: int, grid: int, readers: list[int], transports: list[str], args,
+                 scratch: str, result: dict) -> None:
+    """Every transport at one size, for each reader count (one cell each), between two
+    measurements of the machine's limits (the machine is shared: before and after)."""
+    writers = min(sims, os.cpu_count() or 1)
+    before = measure_limits(sims, grid, scratch, writers)
+    cells = []
+    for r in readers:
+        key = f"{sims}x{grid} r{r}"
+        cell = result["cells"][key] = {"num_sims": sims, "grid_size": grid, "readers": r,
+                                       "bytes": common.data_bytes(sims, grid), "runs": {},
+                                       "load_average": os.getloadavg()[0]}
+        cells.append(cell)
+        for name in transports:
+            measure_cell(cell, key, name, args, scratch, result["errors"])
+    after = measure_limits(sims, grid, scratch, writers)
+    for cell in cells:
+        cell["limits_before_after"] = {k: [before[k], after[k]] for k in before}
+        cell["limits"] = {k: (before[k] + after[k]) / 2 for k in before}
+
+
+def measure_cell(cell: dict, key: str, name: str, args, scratch: str, errors: list) -> None:
+    """One transport's run in one cell, and beside script 8 the DDict floor, beside the
+    futures the lists baseline; a failure is noted in `errors` and the benchmark goes on."""
+    sims, grid, r = cell["num_sims"], cell["grid_size"], cell["readers"]
+    if cell["bytes"] / GB > SLOW.get(name, float("inf")) and not args.all_sizes:
+        return
+    try:
+        record = run_workflow(name, sims, grid, r, args, scratch)
+    except RuntimeError as error:
+        errors.append(f"{name}, {key}: {error}")
+        print(f"  {name} {key} FAILED: {str(error)[-1500:]}", flush=True)
+        return
+    cell["runs"][name] = record
+    print(f"  {key:>12} {name:8s} write {record['sim_io_gbps']:.3f} read "
+          f"{record['train_io_gbps']:.3f} GB/s, start-up {record['startup_s']:.1f} s,"
+          f" whole run {record['process_wall_s']:.1f} s", flush=True)
+    try:
+        if name == "ddict":
+            cell["floor"] = run_floor(sims, grid, r, args, scratch)
+            print(f"  {key:>12} floor    get {cell['floor']['get_mean_s'] * 1e3:.2f} ms"
+                  f" against script 8's {per_get_s(record) * 1e3:.2f} ms", flush=True)
+        if name == "futures" and args.lists:
+            cell["lists"] = run_lists(sims, grid, r, args, scratch)
+    except RuntimeError as error:
+        errors.append(f"{'floor' if name == 'ddict' else 'lists'}, {key}: {error}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
@@ -505,47 +555,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     try:
         for sims, grid in parse_runs(args.runs):
-            nbytes = common.data_bytes(sims, grid)
-            # the limits once per size, before and after its runs (the machine is shared)
-            writers = min(sims, os.cpu_count() or 1)
-            before = measure_limits(sims, grid, scratch, writers)
-            cells = []
-            for r in readers:
-                key = f"{sims}x{grid} r{r}"
-                cell = result["cells"][key] = {"num_sims": sims, "grid_size": grid, "readers": r,
-                                               "bytes": nbytes, "runs": {},
-                                               "load_average": os.getloadavg()[0]}
-                cells.append(cell)
-                for name in transports:
-                    if nbytes / GB > SLOW.get(name, float("inf")) and not args.all_sizes:
-                        continue
-                    try:
-                        record = run_workflow(name, sims, grid, r, args, scratch)
-                    except RuntimeError as error:
-                        result["errors"].append(f"{name}, {key}: {error}")
-                        print(f"  {name} {key} FAILED: {str(error)[-1500:]}", flush=True)
-                        continue
-                    cell["runs"][name] = record
-                    print(f"  {key:>12} {name:8s} write {record['sim_io_gbps']:.3f} read "
-                          f"{record['train_io_gbps']:.3f} GB/s, start-up {record['startup_s']:.1f} s,"
-                          f" whole run {record['process_wall_s']:.1f} s", flush=True)
-                    if name == "ddict":
-                        try:
-                            cell["floor"] = run_floor(sims, grid, r, args, scratch)
-                        except RuntimeError as error:
-                            result["errors"].append(f"floor, {key}: {error}")
-                            continue
-                        print(f"  {key:>12} floor    get {cell['floor']['get_mean_s'] * 1e3:.2f} ms"
-                              f" against script 8's {per_get_s(record) * 1e3:.2f} ms", flush=True)
-                    if name == "futures" and args.lists:
-                        try:
-                            cell["lists"] = run_lists(sims, grid, r, args, scratch)
-                        except RuntimeError as error:
-                            result["errors"].append(f"lists, {key}: {error}")
-            after = measure_limits(sims, grid, scratch, writers)
-            for cell in cells:
-                cell["limits_before_after"] = {k: [before[k], after[k]] for k in before}
-                cell["limits"] = {k: (before[k] + after[k]) / 2 for k in before}
+            measure_size(sims, grid, readers, transports, args, scratch, result)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result["total_s"] = time.perf_counter() - started

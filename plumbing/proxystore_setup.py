@@ -51,6 +51,14 @@ PIP_NAMES = {"proxystore": "proxystore", "redis": "redis", "proxystore_ex": "pro
 # per trainer: every float64 array once (resolved into the task's arguments, which Parsl's
 # worker holds until the task returns) plus the float32 copy TrainingData keeps
 COPIES_PER_TRAINER = 1.5
+# by value: the pickles in the head, the interchange and the worker, the unpickled float64
+# and the float32 copy
+COPIES_BY_VALUE = 5.0
+
+
+def trainer_copies(args) -> float:
+    """Copies of the data one trainer's task holds at once, in units of the data's bytes."""
+    return COPIES_BY_VALUE if args.proxystore is None else COPIES_PER_TRAINER
 
 
 # --------------------------------------------------------------------------- command line

@@ -57,6 +57,18 @@ def test_the_readmes_sample_and_observations_are_report_py_of_its_records():
     assert report.fill_readme(readme, records) == readme
 
 
+def test_the_soak_table_of_the_reliability_notes_is_soak_py_of_its_json():
+    """docs/dev/reliability.md's soak table is `benchmarks/soak.py --table` of the JSON files
+    in docs/dev/data, as printed."""
+    import subprocess
+    import sys
+    runs = sorted(str(p) for p in (ROOT / "docs" / "dev" / "data").glob("soak-*.json"))
+    table = subprocess.run([sys.executable, ROOT / "benchmarks" / "soak.py", "--table", *runs],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    notes = (ROOT / "docs" / "dev" / "reliability.md").read_text()
+    assert f"<!-- soak:begin -->\n{table}\n<!-- soak:end -->" in notes
+
+
 MARKDOWN = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 

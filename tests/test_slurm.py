@@ -215,7 +215,8 @@ def test_main_job_under_sbatch_runs_on_both_nodes(slurm, cluster_workdir):
     DATA_DIR, the user's, stays (empty).
 
     Not the DDict: test_ddict_under_sbatch_on_one_and_two_nodes runs it in a job of its own
-    (TRANSPORTS="ddict" here would check it on both nodes as well)."""
+    (TRANSPORTS="ddict" here would check it on both nodes as well). Long because one sbatch
+    job is checked from its queue to its last file, in order."""
     out = cluster_workdir / "job.out"
     env = slurm.job_env(cluster_workdir, TRANSPORTS="filesystem futures", GRID_SIZES="16",
                         NUM_SIMS="4", WARMUP="0", COMPUTE_TIME="0", RUN_TIMEOUT="600",
