@@ -41,7 +41,7 @@ set -euo pipefail
 export TRANSPORTS=${TRANSPORTS:-}      # [filesystem ddict futures proxystore-file, and
                                        #  proxystore-redis where redis-server is installed]
 export GRID_SIZES=${GRID_SIZES:-}      # one run per grid size N (N x N points); SxN: S
-                                       # simulations at that size   [256 512 1024 | 64 128 4x512]
+                                       # simulations at that size   [256 512 1024 | 64 4x512]
 export NUM_SIMS=${NUM_SIMS:-}          # simulations per run (all nodes together)  [32 per node | 16]
 export NODES=${NODES:-}                # node counts to run every transport on, e.g. "1 2"
                                        # [1 and all of the job's | 1]. In a batch job its first

@@ -37,7 +37,7 @@ ALIASES = {"fs": "filesystem", "parsl+filesystem": "filesystem", "parsl+futures"
 # 9_submit_multinode.sh shows them, and why, in its comments as [batch | here] (a test
 # checks that they agree). The constant defaults are the script's own.
 DEFAULTS = {
-    "GRID_SIZES": ("256 512 1024", "64 128 4x512"),
+    "GRID_SIZES": ("256 512 1024", "64 4x512"),
     "COMPUTE_TIME": ("0.5", "0"),
     "REPEATS": ("1", "2"),
     "RUN_TIMEOUT": ("1800", "600"),
