@@ -119,7 +119,9 @@ def test_a_runtime_that_does_not_shut_down_is_stopped_after_the_head_ended(nothi
     with the head's status."""
     proc = run_8(nothing_left, "shutdown:all")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    [line] = [line for line in proc.stderr.splitlines() if "did not shut down" in line]
+    lines = [line for line in proc.stderr.splitlines() if "did not shut down" in line]
+    assert len(lines) == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    [line] = lines
     assert line.startswith(f"{SCRIPT}: warning: Dragon's runtime did not shut down within "
                            f"{dragon_launch.SHUTDOWN_PATIENCE_S} s after the head ended; "
                            "stopped "), line
