@@ -36,6 +36,14 @@ def dragon_version_patched() -> bool:
     return _SITE["version_patched"]()
 
 
+def ddict_orchestrator_ended(ddict) -> bool:
+    """Whether the DDict's orchestrator process has ended, where this Dragon is one the
+    fixes know (0.15's DDict.destroy then waits for its answer without a limit); False
+    where that cannot be told."""
+    orchestrator = getattr(ddict, "_orc_proc", None) if dragon_version_patched() else None
+    return orchestrator is not None and not orchestrator.is_alive
+
+
 def fixes_setting() -> str:
     """$PC_DRAGON_FIXES: "auto" (also when unset or empty), "on" or "off"; ValueError else."""
     value = os.environ.get(FIXES_ENV, "").strip().lower() or "auto"

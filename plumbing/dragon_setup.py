@@ -260,9 +260,7 @@ def _destroy(ddict: DDict) -> None:
     """ddict.destroy(), which waits without a limit for the DDict's orchestrator process to
     answer (DragonHPC 0.15): where that process has ended, an error instead of a run that
     never ends (its managers end with it; the runtime's end frees their memory)."""
-    orchestrator = getattr(ddict, "_orc_proc", None) if dragon_fixes.dragon_version_patched() \
-        else None
-    if orchestrator is not None and not orchestrator.is_alive:
+    if dragon_fixes.ddict_orchestrator_ended(ddict):
         raise RuntimeError("the DDict's orchestrator process has ended: the DDict cannot be "
                            "destroyed (a failure of DragonHPC)")
     ddict.destroy()

@@ -1,5 +1,6 @@
 """Helpers for running the real workflow scripts, at tiny sizes, in subprocesses."""
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -217,6 +218,8 @@ def nothing_left(workdir):
 
 CLUSTER_SCRIPT = ROOT / "cluster" / "local_cluster.sh"
 CLUSTER_STATE = ROOT / "cluster" / ".state"
+# local_cluster.sh names this clone's network namespaces pcc-<md5 of its state folder>-...
+CLUSTER_NETNS = "pcc-" + hashlib.md5(str(CLUSTER_STATE).encode()).hexdigest()[:6] + "-"
 AGENT = f"ssh-agent -a {CLUSTER_STATE / 'agent.sock'} "    # up starts it in node1 (cmdline)
 # up mounts the storage node's directory in every node: its sshfs, and the ssh that sshfs runs
 STORAGE_MOUNT = (f"sshfs storage:{CLUSTER_STATE / 'pfs'} ", " -- storage sftp ")

@@ -1,6 +1,5 @@
 """cluster/local_cluster.sh, for real: Linux namespaces as nodes, sshd in each, the workflows
 across them. Skipped where namespaces cannot be made (not root, or unshare refused)."""
-import hashlib
 import importlib.util
 import json
 import os
@@ -16,7 +15,7 @@ import uuid
 
 import pytest
 
-from conftest import (CLUSTER_SCRIPT, CLUSTER_STATE, ROOT, TINY, cluster_command,
+from conftest import (CLUSTER_NETNS, CLUSTER_SCRIPT, CLUSTER_STATE, ROOT, TINY, cluster_command,
                       leftover_processes, parse_exports, read_records, unavailable)
 from test_multinode import installed_or_skip
 
@@ -70,9 +69,8 @@ def _dragon_config():
 
 def other_clusters(state: dict) -> list[str]:
     """Switches of clusters of other clones that are up on this machine."""
-    ours = "pcc-" + hashlib.md5(str(CLUSTER_STATE).encode()).hexdigest()[:6] + "-"
     return [n for n in state["netns"] if re.fullmatch(r"pcc-[0-9a-f]+-switch", n.split()[0])
-            and not n.startswith(ours)]
+            and not n.startswith(CLUSTER_NETNS)]
 
 
 def assert_same(before: dict, after: dict):

@@ -1,22 +1,20 @@
 """9_submit_multinode.sh with NODES="1 2" on a machine without a batch system: the job runs
 every transport on 1 and on 2 nodes of the local cluster (cluster/local_cluster.sh), bringing
 it up and down itself, or using one that is up. Real Parsl over ssh, real files."""
-import hashlib
 import os
 import subprocess
 import time
 
 import pytest
 
-from conftest import CLUSTER_STATE, leftover_processes, read_records, run_script
+from conftest import CLUSTER_NETNS, CLUSTER_STATE, leftover_processes, read_records, run_script
 from test_main_job import JOB, ROOT, ctrl_c_at_a_terminal, job_env
 
 
 def cluster_namespaces() -> list:
-    """This clone's network namespaces (local_cluster.sh names them pcc-<tag>-...)."""
-    tag = "pcc-" + hashlib.md5(str(CLUSTER_STATE).encode()).hexdigest()[:6] + "-"
+    """This clone's network namespaces."""
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in names.splitlines() if line.startswith(tag)]
+    return [line.split()[0] for line in names.splitlines() if line.startswith(CLUSTER_NETNS)]
 
 
 @pytest.fixture

@@ -79,10 +79,9 @@ def test_main_job_fills_the_table_for_every_transport(tmp_path):
         name = NAMES[r["transport"]] + (f" [{where}]" if in_files else "")
         assert sum(row.startswith(f"| {name} | 1 | 0.000164 |") for row in rows) == 1
 
-    assert sorted(name for name in os.listdir(results) if name.endswith(".png")) == [
-        "io_vs_size.png", "sim_io_vs_size.png", "time_breakdown.png"]
-    for name in ("io_vs_size.png", "sim_io_vs_size.png", "time_breakdown.png"):
-        assert (results / name).stat().st_size > 10_000
+    plots = ["io_vs_size.png", "sim_io_vs_size.png", "time_breakdown.png"]
+    assert sorted(name for name in os.listdir(results) if name.endswith(".png")) == plots
+    assert all((results / name).stat().st_size > 10_000 for name in plots)
     assert f"Outputs in {results}/" in proc.stdout
     # the data directory is gone, nothing was left in the repository or the working directory
     # (besides report.py's plots)
