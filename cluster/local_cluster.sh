@@ -33,7 +33,7 @@ STORAGE_ADDR=$SUBNET.100   # the storage node (host name "storage")
 DRAGON_PROBE=10.254.254.254
 # netns names are global on the machine: a tag from this clone's path keeps two clones
 # (e.g. a CI clone in /tmp and a working copy) from taking down each other's cluster
-TAG_PREFIX=pcc             # every clone's tag starts so (down looks for other clusters)
+TAG_PREFIX=pcc             # every clone's tag starts so
 TAG=$TAG_PREFIX-$(printf %s "$STATE" | md5sum | cut -c1-6)
 SWITCH=$TAG-switch
 # The shared data directory: the storage node serves this directory of the machine's disk,
@@ -59,7 +59,11 @@ node_ns() { echo "$TAG-$1"; }
 # their mount namespaces: HSTA's TCP back end on this cluster only (libfabric's providers
 # here do not work with HSTA), and nothing changes outside the nodes but a folder holding
 # only the file MADE_MARK, made if the environment had none and removed by the last down.
+# Every cluster that binds the folder puts its own USE_MARK there, naming its state folder:
+# clones that share one environment share the folder, and down removes it only when no mark
+# of a cluster still up remains (a mark whose state folder is gone is stale).
 MADE_MARK=.made-by-local-cluster
+USE_MARK=.used-by-
 hsta_config() {
     local python=$REPO/.venv/bin/python dragon
     [[ -x $python ]] || python=python3
@@ -79,6 +83,7 @@ print(os.path.dirname(s.origin) if s and s.origin else "")' 2>/dev/null) || drag
     elif [[ ! -d $folder ]]; then
         die "cannot use Dragon's configuration folder: $(ls -ld "$folder" 2>&1)"
     fi
+    echo "$STATE" >"$folder/$USE_MARK$TAG"
 }
 
 # the single-quoted form of $1, for the `export` lines that `eval` reads
@@ -480,15 +485,19 @@ cmd_down() {
         ip netns delete "$ns"
     done
     restore_run_netns
-    # the folder that a cluster made in Dragon's package (hsta_config), if it holds nothing
-    # else and no cluster (another clone's, in this environment) is up that binds it
-    local folder others
+    # this cluster's use of Dragon's configuration folder (hsta_config) ends; the folder goes
+    # if a cluster made it and no cluster still up (another clone's) binds it
+    local folder mark
     folder=$(cat "$STATE/hsta_config_dir" 2>/dev/null) || folder=
-    others=$(ip netns list | awk -v other="^$TAG_PREFIX-[0-9a-f]+-switch\$" '$1 ~ other') ||
-        others=
-    if [[ -n $folder && -z $others && $(ls -A "$folder" 2>/dev/null) == "$MADE_MARK" ]]; then
-        rm -f "$folder/$MADE_MARK"
-        rmdir "$folder" 2>/dev/null || true
+    if [[ -n $folder && -d $folder ]]; then
+        rm -f "$folder/$USE_MARK$TAG"
+        for mark in "$folder/$USE_MARK"*; do
+            if [[ -f $mark && ! -d $(cat "$mark" 2>/dev/null) ]]; then rm -f "$mark"; fi
+        done
+        if [[ $(ls -A "$folder" 2>/dev/null) == "$MADE_MARK" ]]; then
+            rm -f "$folder/$MADE_MARK"
+            rmdir "$folder" 2>/dev/null || true
+        fi
     fi
     if [[ -e $STATE ]]; then found=1; fi
     rm -rf "$STATE"

@@ -5,7 +5,6 @@ import json
 import os
 import pathlib
 import pty
-import re
 import shutil
 import signal
 import subprocess
@@ -25,6 +24,8 @@ EXPORTED = {"PBS_NODEFILE", "PARSL_IFACE", "PC_DRAGON_ARGS", "PC_CLUSTER_NODES",
 # when it made it
 DRAGON_CONFIG = pathlib.Path(importlib.util.find_spec("dragon").origin).parent / ".hsta-config"
 MADE_MARK = ".made-by-local-cluster"
+USE_MARK = ".used-by-"      # each cluster that binds the folder marks it so while it is up
+OUR_USE = USE_MARK + CLUSTER_NETNS.rstrip("-")
 
 
 def _lines(command) -> list:
@@ -67,19 +68,19 @@ def _dragon_config():
     return sorted(p.name for p in DRAGON_CONFIG.iterdir()) or None
 
 
-def other_clusters(state: dict) -> list[str]:
-    """Switches of clusters of other clones that are up on this machine."""
-    return [n for n in state["netns"] if re.fullmatch(r"pcc-[0-9a-f]+-switch", n.split()[0])
-            and not n.startswith(CLUSTER_NETNS)]
+def other_uses(listing) -> set[str]:
+    """Marks, in Dragon's configuration folder, of clusters of other clones that bind it."""
+    return {name for name in listing or () if name.startswith(USE_MARK) and name != OUR_USE}
 
 
 def assert_same(before: dict, after: dict):
     for key in before:
         if key == "processes":              # processes that ended meanwhile are fine
             assert after[key] <= before[key], f"left running: {after[key] - before[key]}"
-        elif key == "dragon_config" and other_clusters(after):
-            # a cluster of another clone binds the folder too: the last down removes it
-            assert after[key] in (before[key], [MADE_MARK]), key
+        elif key == "dragon_config" and other_uses(after[key]):
+            # a cluster of another clone binds the folder still: its down removes it
+            new = set(after[key]) - other_uses(after[key]) - set(before[key] or ())
+            assert new <= {MADE_MARK}, key
         else:
             assert after[key] == before[key], key
 
@@ -120,7 +121,9 @@ def test_up_exports_and_down_leaves_nothing(local_cluster):
     # the nodes see the cluster's Dragon configuration (HSTA over TCP); the machine does not
     seen = cluster_command("run", 2, "cat", str(DRAGON_CONFIG / "dragon-config.json"))
     assert seen.returncode == 0 and json.loads(seen.stdout) == {"tcp_runtime": True}, seen
-    assert host_state()["dragon_config"] in (before["dragon_config"], [MADE_MARK])
+    while_up = set(host_state()["dragon_config"])
+    assert OUR_USE in while_up
+    assert while_up - set(before["dragon_config"] or ()) <= {OUR_USE, MADE_MARK}
     assert exports["PC_CLUSTER_STATE"] == str(CLUSTER_STATE)
     assert exports["SSH_AUTH_SOCK"] == str(CLUSTER_STATE / "agent.sock")
     # while up, the machine's own network namespace has nothing new
@@ -226,15 +229,36 @@ def test_a_repository_under_tmp_stays_visible(local_cluster, tmp_path):
     assert host_state()["dragon_config"] == before["dragon_config"]
 
 
+def test_down_forgets_the_mark_of_a_cluster_that_is_gone(local_cluster, tmp_path):
+    """A cluster whose state folder is gone (its clone deleted while it was up) binds
+    nothing: down removes its mark. The mark of a cluster still up stays."""
+    local_cluster.down()
+    before = host_state()
+    local_cluster(1)
+    gone, alive = DRAGON_CONFIG / f"{USE_MARK}pcc-000000", DRAGON_CONFIG / f"{USE_MARK}pcc-111111"
+    gone.write_text("/nonexistent/cluster/.state\n")
+    alive.write_text(f"{tmp_path}\n")
+    try:
+        local_cluster.down()
+        assert not gone.exists() and alive.exists()
+        assert OUR_USE not in os.listdir(DRAGON_CONFIG)
+    finally:
+        gone.unlink(missing_ok=True)
+        alive.unlink()
+        local_cluster(1)        # the last down removes the folder if a cluster made it
+        local_cluster.down()
+    assert_same(before, host_state())
+
+
 def test_a_configuration_folder_that_dragon_made_stays(local_cluster):
     """Dragon's launcher makes an empty .hsta-config at every start (`dragon-config --get`,
     run here as the launcher runs it), also while a cluster comes up: up binds over it as
     it is, without its mark, and down leaves it."""
     local_cluster.down()
-    others = other_clusters(host_state())
-    if others and DRAGON_CONFIG.is_dir() and MADE_MARK in os.listdir(DRAGON_CONFIG):
-        unavailable(f"a cluster of another clone is up ({', '.join(others)}) and holds Dragon's "
-                    "configuration folder")
+    listing = host_state()["dragon_config"]
+    if MADE_MARK in (listing or ()) and other_uses(listing):
+        unavailable(f"a cluster of another clone ({', '.join(sorted(other_uses(listing)))}) "
+                    "binds Dragon's configuration folder, which that cluster made")
     dragon_config = pathlib.Path(sys.executable).parent / "dragon-config"
     made = subprocess.run([str(dragon_config), "--get=cuda_runtime_libname"],
                           capture_output=True, text=True, timeout=60)
