@@ -43,7 +43,10 @@ HEAD_UP, INTERRUPT, STATUS, WORK_BEGAN, START_FAILED = (
 NET_CONF_SALT_ENV = "DRAGON_NET_CONF_CACHE_SALT"
 SHM = "/dev/shm"                     # where Dragon's pools (and the DDict's) live on a node
 ALLOCATION_ENV = ("PBS_JOBID", "PBS_NODEFILE", "SLURM_JOB_ID")
-SHUTDOWN_PATIENCE_S = 60    # a runtime shuts down within seconds of its head's end
+# a runtime shuts down within seconds of its head's end; $PC_DRAGON_SHUTDOWN_PATIENCE_S gives
+# it more (many nodes) or less (the test of a runtime that never ends)
+SHUTDOWN_PATIENCE_ENV = "PC_DRAGON_SHUTDOWN_PATIENCE_S"
+SHUTDOWN_PATIENCE_S = 60
 
 
 class CannotLaunch(ValueError):
@@ -121,6 +124,7 @@ def _check_launch(script: str) -> None:
     """For a script without check_args (7): a launch that cannot work ends it in one line."""
     try:
         launch_plan()
+        shutdown_patience_s()
     except ValueError as error:
         print(f"{os.path.basename(script)}: error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -137,12 +141,19 @@ def injected(kind: str) -> bool:
 
 def _signal_launcher(control: str, signum: int) -> None:
     """In the head: send Dragon's launcher `signum` (SIGSEGV: as its own crashes end it;
-    SIGSTOP: it never ends)."""
+    SIGSTOP: it never ends). A SIGSTOP is sent until the launcher shows it stopped, before
+    the head goes on to its exit: one sent just as the head exits does not always stop it."""
     for pid in runtime_processes(control):
         with contextlib.suppress(OSError):
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if f.read().split(b"\0")[1:3] == [b"-m", b"dragon"]:
                     os.kill(pid, signum)
+                    for _ in range(50 if signum == signal.SIGSTOP else 0):
+                        time.sleep(0.1)
+                        with open(f"/proc/{pid}/stat") as f:
+                            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                                break
+                        os.kill(pid, signum)
 
 
 def runtime_processes(control: str) -> list[int]:
@@ -291,14 +302,23 @@ def _wait_for(launcher: subprocess.Popen, control: str) -> tuple[int, bool]:
     """The launcher's exit status, and whether it was still running SHUTDOWN_PATIENCE_S after
     the head had written its own (then its runtime is stuck in its shut-down: Dragon's
     threads waiting for a lock of a killed process, say)."""
-    ended = None
+    ended, patience = None, shutdown_patience_s()
     while True:
         with contextlib.suppress(subprocess.TimeoutExpired):
             return launcher.wait(timeout=1), False
         if ended is None and os.path.exists(os.path.join(control, STATUS)):
             ended = time.monotonic()
-        if ended is not None and time.monotonic() - ended > SHUTDOWN_PATIENCE_S:
+        if ended is not None and time.monotonic() - ended > patience:
             return launcher.poll() or 0, True
+
+
+def shutdown_patience_s() -> float:
+    """How long a runtime may take to go down after its head ended (SHUTDOWN_PATIENCE_ENV)."""
+    value = os.environ.get(SHUTDOWN_PATIENCE_ENV, "").strip()
+    with contextlib.suppress(ValueError):
+        if not value or float(value) > 0:
+            return float(value) if value else SHUTDOWN_PATIENCE_S
+    raise ValueError(f"{SHUTDOWN_PATIENCE_ENV}={value!r}: give a number of seconds above 0")
 
 
 def _stop_stuck_runtime(script: str, launcher: subprocess.Popen, control: str,
@@ -309,12 +329,12 @@ def _stop_stuck_runtime(script: str, launcher: subprocess.Popen, control: str,
     with contextlib.suppress(ProcessLookupError):
         os.kill(launcher.pid, signal.SIGINT)
     with contextlib.suppress(subprocess.TimeoutExpired):
-        launcher.wait(timeout=30)
+        launcher.wait(timeout=min(30.0, shutdown_patience_s()))
     with contextlib.suppress(ProcessLookupError):
         launcher.kill()
     launcher.wait()
     print(f"{os.path.basename(script)}: warning: Dragon's runtime did not shut down within "
-          f"{SHUTDOWN_PATIENCE_S} s after the head ended; "
+          f"{shutdown_patience_s():g} s after the head ended; "
           f"{clear_remains(pools_before, control)}", file=sys.stderr, flush=True)
 
 
@@ -647,6 +667,10 @@ def _more_checks(parser, args) -> None:
     if in_runtime() and args.num_nodes != args.available_nodes:
         parser.error(f"argument --num_nodes: this Dragon runtime has {args.available_nodes} "
                      f"node(s); start it with `dragon -N {args.num_nodes}` instead")
+    try:
+        shutdown_patience_s()
+    except ValueError as error:
+        parser.error(str(error))
     fixed = os.environ.get(ddict_io.DDICT_BYTES_ENV)
     if fixed is not None and not (fixed.isdigit() and int(fixed) >= ddict_io.MIN_PER_MANAGER):
         parser.error(f"{ddict_io.DDICT_BYTES_ENV}={fixed!r}: give the DDict's size in bytes, "

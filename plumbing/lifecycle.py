@@ -227,9 +227,11 @@ def run_workflow(main) -> None:
     except Exception as error:              # one line; the traceback (a failed task's own,
         where = _save_traceback(prog, error)    # from its node) in a file
         what = "" if isinstance(error, TaskFailed) else f"{type(error).__name__}: "
-        print(f"{prog}: error: {what}{' '.join(str(error).split())}"
+        # after a signal the run ends as interrupted (130), whatever failed on the way out
+        before = f"interrupted ({signals[0]}), then " if signals else ""
+        print(f"{prog}: {before}error: {what}{' '.join(str(error).split())}"
               + (f" (traceback in {where})" if where else ""), file=sys.stderr, flush=True)
-        status = 1
+        status = 130 if signals else 1
     if "status" in _control:
         with contextlib.suppress(OSError), open(_control["status"], "w") as f:
             f.write(str(status))

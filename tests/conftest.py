@@ -441,17 +441,25 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+# files whose tests start no workflow, engine or runtime on this machine: they leave nothing
+# in /dev/shm or /tmp that the checks of the machine's group would count, so they run beside it
+BESIDE_THE_MACHINE = ("test_cluster", "test_slurm", "test_docs", "test_imports",
+                      "test_activate_env", "test_shell_scripts", "test_common",
+                      "test_install_packages", "test_gpu_check", "test_report")
+
+
 def pytest_xdist_make_scheduler(config, log):
-    """Two groups of tests for pytest-xdist's two processes (pytest.ini): the ones on the
-    local cluster (the files test_cluster*.py and test_slurm.py) run one at a time in one
-    process, all the others one at a time in the other. The cluster's nodes have their own
-    network, /tmp and /dev/shm, so the two groups cannot see each other's files or ports,
-    and within a group the checks for leftovers in /dev/shm and /tmp stay exact."""
+    """Two groups of tests for pytest-xdist's two processes (pytest.ini), each run one test at
+    a time: the ones on the local cluster (test_cluster*.py, test_slurm.py) with the ones
+    that run nothing on this machine (BESIDE_THE_MACHINE), and all the others. The cluster's
+    nodes have their own network, /tmp and /dev/shm, so the two groups cannot see each
+    other's files or ports, and within a group the checks for leftovers in /dev/shm and /tmp
+    stay exact."""
     from xdist.scheduler import LoadScopeScheduling
 
     class TwoGroups(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             name = nodeid.split("::")[0].rsplit("/", 1)[-1]
-            return "cluster" if name.startswith(("test_cluster", "test_slurm")) else "machine"
+            return "cluster" if name.startswith(BESIDE_THE_MACHINE) else "machine"
 
     return TwoGroups(config, log)

@@ -75,8 +75,8 @@ def test_a_script_in_such_a_job_says_so_in_one_line(nothing_left, script):
 
 
 # --------------------------------------------------------------------------- the retry
-def run_8(workdir, inject: str, timeout=600):
-    env = script_env(workdir, PC_INJECT_FAILURE=inject)
+def run_8(workdir, inject: str, timeout=600, **settings):
+    env = script_env(workdir, PC_INJECT_FAILURE=inject, **settings)
     return run_script([SCRIPT, "--num_sims", 4, "--num_trainers", 1, *TINY, "--data_dir",
                        workdir / "data", "--results_file", workdir / "r.jsonl"], cwd=workdir,
                       env=env, timeout=timeout)
@@ -117,14 +117,13 @@ def test_a_runtime_that_does_not_shut_down_is_stopped_after_the_head_ended(nothi
     """The head ends (its record written), then Dragon's launcher never does (here it is
     stopped with SIGSTOP): the script stops what is left of the runtime, says so, and exits
     with the head's status."""
-    proc = run_8(nothing_left, "shutdown:all")
+    proc = run_8(nothing_left, "shutdown:all", **{dragon_launch.SHUTDOWN_PATIENCE_ENV: "5"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "did not shut down" in line]
     assert len(lines) == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
     [line] = lines
     assert line.startswith(f"{SCRIPT}: warning: Dragon's runtime did not shut down within "
-                           f"{dragon_launch.SHUTDOWN_PATIENCE_S} s after the head ended; "
-                           "stopped "), line
+                           "5 s after the head ended; stopped "), line
     [record] = read_records(nothing_left / "r.jsonl")
     assert record["integrity_ok"] is True
 

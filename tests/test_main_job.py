@@ -472,7 +472,7 @@ def test_after_a_time_out_only_what_the_job_made_goes(tmp_path):
     data = tmp_path / "shared"
     data.mkdir()
     env = job_env(tmp_path, TRANSPORTS="filesystem", GRID_SIZES="16", WARMUP="0",
-                  COMPUTE_TIME="20", RUN_TIMEOUT="30", DATA_DIR=str(data))
+                  COMPUTE_TIME="20", RUN_TIMEOUT="15", DATA_DIR=str(data))
     other = data / "pc-fs-20261205-101010-another-job"
 
     def another_job_writes():
@@ -489,7 +489,7 @@ def test_after_a_time_out_only_what_the_job_made_goes(tmp_path):
     job.wait(timeout=300)
     text = "".join(output)
     assert job.returncode == 1, text
-    assert "run FAILED: filesystem at 4 x 16^2 took over RUN_TIMEOUT=30 s" in text
+    assert "run FAILED: filesystem at 4 x 16^2 took over RUN_TIMEOUT=15 s" in text
     [own] = [line.split()[1].rstrip(",") for line in output if line.startswith("removing ")]
     assert own.startswith(f"{data}/pc-") and own.endswith("-filesystem-4x16")
     assert os.listdir(data) == [other.name]

@@ -113,6 +113,28 @@ def test_interrupt_exits_and_cleans_up(nothing_left, script, phase, signum):
     assert not (workdir / "r.jsonl").exists()
 
 
+AN_ERROR_AFTER_A_SIGNAL = """
+import os, signal, sys
+sys.argv = ["x.py"]
+from plumbing import lifecycle
+def main():
+    lifecycle.defer_interrupts()
+    os.kill(os.getpid(), signal.SIGTERM)    # noted; then a clean-up step fails
+    raise OSError("the store's server is gone")
+lifecycle.run_workflow(main)
+"""
+
+
+def test_an_error_after_a_signal_still_ends_the_run_as_interrupted(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", AN_ERROR_AFTER_A_SIGNAL], cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.startswith("x.py: interrupted (SIGTERM), then error: OSError: the store's "
+                                  f"server is gone (traceback in {tmp_path}/results/error-x-"), proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
 def test_two_runs_at_once_in_the_same_directory_both_succeed(nothing_left):
     workdir = nothing_left
     argv = [FS, *run_args(workdir, "--num_sims", 8, "--num_trainers", 1, *TINY)]
@@ -192,9 +214,14 @@ def test_bad_input_to_5_and_8_is_refused_before_anything_starts(nothing_left, sc
     assert sorted(os.listdir(nothing_left)) == ["data"]
 
 
-def test_a_bad_ddict_size_is_refused_before_the_runtime_starts(nothing_left):
-    env = script_env(nothing_left, PC_DDICT_BYTES="1GB")
-    assert "PC_DDICT_BYTES='1GB'" in refused(nothing_left, DDICT, [], "PC_DDICT_BYTES", env=env)
+@pytest.mark.parametrize("script, setting, value", [
+    (DDICT, "PC_DDICT_BYTES", "1GB"),
+    (DDICT, "PC_DRAGON_SHUTDOWN_PATIENCE_S", "0"),
+    (INTRO, "PC_DRAGON_SHUTDOWN_PATIENCE_S", "a minute")])
+def test_a_bad_dragon_setting_is_refused_before_the_runtime_starts(nothing_left, script, setting,
+                                                                  value):
+    env = script_env(nothing_left, **{setting: value})
+    assert f"{setting}={value!r}" in refused(nothing_left, script, [], setting, env=env)
 
 
 def python_without_dragon(tmp_path) -> list:
