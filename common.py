@@ -5,8 +5,6 @@ Nothing here knows how the data travels (the numbered scripts wire that) or how 
 launched and recorded (plumbing/): it needs numpy and torch alone. To change the simulation
 or the model, edit this file.
 """
-from __future__ import annotations
-
 import dataclasses
 import os
 import resource
@@ -22,9 +20,9 @@ from torch import nn
 STEPS = 10                      # time steps per simulation (the spec's loop)
 PERIODS = (40.0, 80.0)          # range of the wave periods swept by the ensemble
 DEFAULT_KERNEL_SIZES = (3, 5, 7, 9)
-
-# The tests make one task fail on purpose: e.g. PC_INJECT_FAILURE=simulation:3 or trainer:1
-FAIL_ENV = "PC_INJECT_FAILURE"
+BATCH_SIZE = 4                  # the trainer: Adam on the MSE, shuffled batches of 4
+LEARNING_RATE = 1e-3
+FAIL_ENV = "PC_INJECT_FAILURE"  # the tests make a task fail on purpose: simulation:3, trainer:1
 
 
 def maybe_inject_failure(kind: str, index: int) -> None:
@@ -33,7 +31,6 @@ def maybe_inject_failure(kind: str, index: int) -> None:
         raise RuntimeError(f"failure injected through {FAIL_ENV}={kind}:{index}")
 
 
-# --------------------------------------------------------------------------- simulation
 @dataclasses.dataclass
 class SimData:
     """One simulation's training pairs, kept together: pairs[k, 0] = u(t_k), pairs[k, 1] = u(t_k+dt)."""
@@ -46,8 +43,7 @@ class SimData:
     def report(self, io_s: float, location: str = "") -> "SimReport":
         return SimReport(index=self.index, period=self.period, checksum=self.checksum,
                          nbytes=self.pairs.nbytes, compute_s=self.compute_s, io_s=io_s,
-                         host=socket.gethostname(), peak_rss_bytes=peak_rss_bytes(),
-                         location=location)
+                         host=socket.gethostname(), peak_rss_bytes=peak_rss_bytes(), location=location)
 
 
 @dataclasses.dataclass
@@ -76,10 +72,8 @@ def pairs_checksum(index: int, pairs: np.ndarray) -> int:
 
 
 def simulate(index: int, period: float, grid_size: int, compute_time: float = 0.5) -> SimData:
-    """Advance the 2D circular wave u = sin(2r - w t) / (r + 1) for STEPS steps.
-
-    `compute_time` seconds of sleep per step stand in for a real solver's work.
-    """
+    """Advance the 2D circular wave u = sin(2r - w t) / (r + 1) for STEPS steps;
+    `compute_time` seconds of sleep per step stand in for a real solver's work."""
     maybe_inject_failure("simulation", index)
     start = time.perf_counter()
     axis = np.linspace(0.0, 1.0, num=grid_size) * 4 * np.pi - 2 * np.pi
@@ -103,17 +97,14 @@ def data_bytes(num_sims: int, grid_size: int) -> int:
     return num_sims * STEPS * 2 * grid_size * grid_size * 8
 
 
-# --------------------------------------------------------------------------- integrity
 class IntegrityError(RuntimeError):
     """The data a trainer received is not exactly what the simulations produced."""
 
 
 class TrainingData:
-    """Collects every simulation's pairs, checks them, and stores them once as float32.
-
-    Each trainer holds ALL the data, so it is kept in one preallocated float32 array
-    (half the float64 bytes that travelled) filled simulation by simulation.
-    """
+    """Collects every simulation's pairs, checks them, and stores them once as float32: each
+    trainer holds ALL the data, so it is kept in one preallocated float32 array (half the
+    float64 bytes that travelled) filled simulation by simulation."""
 
     def __init__(self, manifest: Sequence[SimReport], grid_size: int):
         indices = sorted(sim.index for sim in manifest)
@@ -149,8 +140,7 @@ class TrainingData:
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and outputs as [S, 1, N, N] float32 views (no copy); raises if anything is missing."""
-        missing = sorted(set(self._slot) - self._received)
-        if missing:
+        if missing := sorted(set(self._slot) - self._received):
             raise IntegrityError(f"{len(missing)} simulation(s) never arrived, e.g. {missing[:5]}")
         data = torch.from_numpy(self.pairs)
         return data[:, 0:1], data[:, 1:2]
@@ -177,7 +167,6 @@ def reading_order(manifest: Sequence[SimReport], rank: int, num_trainers: int) -
     return ordered[shift:] + ordered[:shift]
 
 
-# --------------------------------------------------------------------------- model and trainer
 class SimpleCNN(nn.Module):
     """Autoregressive CNN: u(t) on an N x N grid -> u(t + dt) on the same grid."""
 
@@ -196,10 +185,6 @@ class SimpleCNN(nn.Module):
         x = self.relu(self.conv3(x))
         # linear last layer: the field takes any real value
         return self.conv4(x)
-
-
-BATCH_SIZE = 4
-LEARNING_RATE = 1e-3
 
 
 @dataclasses.dataclass
@@ -222,31 +207,14 @@ class TrainReport:
     gpu_name: str = ""
     cpu_threads: int = 0        # torch's threads on the CPU (0: trained on a GPU)
 
-    @property
-    def loss(self) -> float | None:
-        """The loss after the last epoch; None when no epoch ran."""
-        return self.losses[-1] if self.losses else None
-
 
 def pick_device() -> torch.device:
     """CUDA when the process sees a GPU (the launcher pins one per trainer), else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               y: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """One Adam step on the MSE of one batch; returns the batch's loss (on the device)."""
-    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    optimizer.zero_grad()
-    loss = nn.functional.mse_loss(model(x), y)
-    loss.backward()
-    optimizer.step()
-    return loss
-
-
 class Trainer:
-    """One model and one Adam optimizer (lr 1e-3), trained on the MSE in shuffled batches of 4,
-    epoch after epoch: each epoch continues from the last."""
+    """One model and its Adam optimizer, trained epoch after epoch (each continues the last)."""
 
     def __init__(self, inputs: torch.Tensor, outputs: torch.Tensor, kernel_size: int,
                  device: torch.device, seed: int = 0):
@@ -259,23 +227,29 @@ class Trainer:
     @staticmethod
     def make_loader(inputs: torch.Tensor, outputs: torch.Tensor, device: torch.device,
                     seed: int) -> torch.utils.data.DataLoader:
-        """Shuffled batches, the same order for the same seed. Batches for a GPU are pinned:
-        a non_blocking copy overlaps with the work only from pinned memory (pinning copies
-        one batch, never the whole data set)."""
+        """Shuffled batches, the same order for the same seed. Batches for a GPU are pinned: a
+        non_blocking copy overlaps with the work only from pinned memory (one batch at a time)."""
         return torch.utils.data.DataLoader(
-            torch.utils.data.TensorDataset(inputs, outputs), batch_size=BATCH_SIZE,
-            shuffle=True, generator=torch.Generator().manual_seed(seed),
-            pin_memory=device.type == "cuda")
+            torch.utils.data.TensorDataset(inputs, outputs), batch_size=BATCH_SIZE, shuffle=True,
+            generator=torch.Generator().manual_seed(seed), pin_memory=device.type == "cuda")
+
+    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, x, y) -> torch.Tensor:
+        """One optimizer step on the MSE of one batch; returns the batch's loss (on the device)."""
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss
 
     def warm_up(self) -> float:
         """One step on a throwaway model with a batch of the real shape, so that the timed
         epochs do not pay for what happens once per process and shape (the CUDA context,
-        cuDNN's choice of algorithms, lazily loaded kernels; on the CPU the first
-        allocations). The trained model is untouched. Returns the seconds it took."""
+        cuDNN's choice of algorithms, lazy kernels; on the CPU the first allocations)."""
         start = time.perf_counter()
         x, y = next(iter(self.loader))
         model = SimpleCNN(self.kernel_size).to(self.device)
-        train_step(model, torch.optim.Adam(model.parameters()), x, y, self.device)
+        self.step(model, torch.optim.Adam(model.parameters()), x, y)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
@@ -284,10 +258,9 @@ class Trainer:
         """One pass over the data. Returns (mean loss over its samples, samples, seconds)."""
         start = time.perf_counter()
         self.model.train()
-        total = torch.zeros((), device=self.device)
-        samples = 0
+        total, samples = torch.zeros((), device=self.device), 0
         for x, y in self.loader:
-            total += train_step(self.model, self.optimizer, x, y, self.device).detach() * len(x)
+            total += self.step(self.model, self.optimizer, x, y).detach() * len(x)
             samples += len(x)
         mean_loss = float(total.item()) / max(samples, 1)   # .item() also waits for the GPU
         return mean_loss, samples, time.perf_counter() - start
@@ -295,10 +268,8 @@ class Trainer:
 
 def train(data: TrainingData, rank: int, kernel_size: int, io_s: float,
           cpu_threads: int = 0, epochs: int = 1) -> TrainReport:
-    """Check that everything arrived, train one model for `epochs` epochs, and report.
-
-    epochs=0 stops after the data arrived and passed the check: a transfer-only measurement.
-    """
+    """Check that everything arrived, train one model for `epochs` epochs, and report
+    (epochs=0 stops once the data arrived and passed the check: a transfer-only measurement)."""
     maybe_inject_failure("trainer", rank)
     device = pick_device()
     if device.type == "cpu" and cpu_threads > 0:
@@ -314,17 +285,13 @@ def train(data: TrainingData, rank: int, kernel_size: int, io_s: float,
                 raise IntegrityError(f"trainer {rank} trained on {samples} of {len(inputs)} samples")
             losses.append(loss)
             seconds.append(epoch_s)
-    uuid = name = ""
-    if device.type == "cuda":
-        properties = torch.cuda.get_device_properties(device)
-        uuid, name = str(getattr(properties, "uuid", "")), properties.name
+    gpu = torch.cuda.get_device_properties(device) if device.type == "cuda" else None
     return TrainReport(rank=rank, kernel_size=kernel_size, device=str(device),
                        host=socket.gethostname(), bytes_read=data.bytes_received,
                        samples=len(inputs), io_s=io_s, check_s=data.check_s, warmup_s=warmup_s,
                        train_s=sum(seconds) / len(seconds) if seconds else 0.0, losses=losses,
-                       peak_rss_bytes=peak_rss_bytes(),
-                       gpu=os.environ.get("CUDA_VISIBLE_DEVICES", ""), gpu_uuid=uuid,
-                       gpu_name=name,
+                       peak_rss_bytes=peak_rss_bytes(), gpu=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+                       gpu_uuid=str(getattr(gpu, "uuid", "")), gpu_name=getattr(gpu, "name", ""),
                        cpu_threads=torch.get_num_threads() if device.type == "cpu" else 0)
 
 

@@ -203,7 +203,7 @@ def _timing_facts(sims: Sequence[common.SimReport], trainers: Sequence[common.Tr
         "train_warmup_mean_s": _mean(t.warmup_s for t in trainers),
         "train_epoch_mean_s": _mean(t.train_s for t in trainers),
         "epoch_losses": [t.losses for t in trainers],
-        "final_losses": [t.loss for t in trainers],
+        "final_losses": [t.losses[-1] if t.losses else None for t in trainers],
         "shutdown_s": phases.seconds.get("shutdown", 0.0),
         "peak_rss_main_bytes": common.peak_rss_bytes(),
         "peak_rss_task_max_bytes": max([s.peak_rss_bytes for s in sims]
