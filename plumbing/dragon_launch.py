@@ -150,9 +150,8 @@ def _signal_launcher(control: str, signum: int) -> None:
                     os.kill(pid, signum)
                     for _ in range(50 if signum == signal.SIGSTOP else 0):
                         time.sleep(0.1)
-                        with open(f"/proc/{pid}/stat") as f:
-                            if f.read().rsplit(")", 1)[1].split()[0] == "T":
-                                break
+                        if lifecycle.process_state(pid) == "T":
+                            break
                         os.kill(pid, signum)
 
 
@@ -314,10 +313,10 @@ def _wait_for(launcher: subprocess.Popen, control: str) -> tuple[int, bool]:
 
 def shutdown_patience_s() -> float:
     """How long a runtime may take to go down after its head ended (SHUTDOWN_PATIENCE_ENV)."""
-    value = os.environ.get(SHUTDOWN_PATIENCE_ENV, "").strip()
+    value = os.environ.get(SHUTDOWN_PATIENCE_ENV, "").strip() or str(SHUTDOWN_PATIENCE_S)
     with contextlib.suppress(ValueError):
-        if not value or float(value) > 0:
-            return float(value) if value else SHUTDOWN_PATIENCE_S
+        if float(value) > 0:
+            return float(value)
     raise ValueError(f"{SHUTDOWN_PATIENCE_ENV}={value!r}: give a number of seconds above 0")
 
 
@@ -399,7 +398,7 @@ def clear_remains(pools_before: set, control: str | None) -> str:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while any(os.path.exists(f"/proc/{pid}") and not _zombie(pid) for pid in remains) \
+    while any(lifecycle.process_state(pid) not in (None, "Z") for pid in remains) \
             and time.monotonic() < deadline:
         time.sleep(0.1)
     # Dragon's memory library names a pool's two files "D" + the pool's name + "M" or "D";
@@ -413,13 +412,6 @@ def clear_remains(pools_before: set, control: str | None) -> str:
             removed.append(name)
     return (f"stopped {len(remains)} process(es) of its runtime and removed {len(removed)} "
             f"file(s) of its pools from {SHM}")
-
-
-def _zombie(pid: int) -> bool:
-    with contextlib.suppress(OSError):
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    return True
 
 
 def _mapped_in(directory: str) -> set:

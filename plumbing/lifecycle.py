@@ -164,6 +164,16 @@ def save_errors_in(folder: str) -> None:
     _control["error_dir"] = folder
 
 
+def process_state(pid: int) -> str | None:
+    """The state letter of process `pid` in /proc (R, S, T stopped, Z ended but not reaped...);
+    None where there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def raise_if_interrupted() -> None:
     if not _signals and os.path.exists(_control.get("interrupt", "")):
         _signals.append("SIGINT")           # from where the run was started

@@ -15,6 +15,8 @@ import time
 
 from parsl.launchers import MpiExecLauncher, SrunLauncher
 
+from plumbing import lifecycle
+
 
 def mpi_flavour(mpiexec: str = "mpiexec") -> str:
     """Which mpiexec is first on PATH: 'pals' (Cray PALS), 'hydra' (MPICH, Intel) or 'openmpi'."""
@@ -186,10 +188,7 @@ def wait_for_blocks(config, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     for pid in pids:
         while time.monotonic() < deadline:
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":    # ended, not yet reaped
-                        break
-            except OSError:                     # ended (or no /proc: nothing to wait for)
+            # ended (a zombie: not yet reaped), or no /proc: nothing to wait for
+            if lifecycle.process_state(pid) in (None, "Z"):
                 break
             time.sleep(0.1)
