@@ -1,13 +1,11 @@
 """0_activate_env.sh on a platform whose Python already has torch and numpy (conda's on
 Polaris, built for its CUDA and driver): it keeps them and installs the other pins around
 them, instead of pip-installing the pinned wheels over them."""
+import importlib.metadata
 import os
 import subprocess
 import sys
 import sysconfig
-
-import numpy
-import torch
 
 from conftest import ROOT
 
@@ -25,7 +23,8 @@ def test_the_platforms_torch_and_numpy_are_kept(tmp_path):
                            "print(torch.__file__, numpy.__file__)'"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    kept = [f"torch=={torch.__version__}", f"numpy=={numpy.__version__}"]
+    # as pip names them: the distribution's version, not torch.__version__ ("2.15.0+cu132")
+    kept = [f"{name}=={importlib.metadata.version(name)}" for name in ("torch", "numpy")]
     assert (venv / "platform-packages.txt").read_text().split() == kept
     assert f"keeping the platform's {' '.join(kept)}" in proc.stderr
     installed = (venv / "requirements-installed.txt").read_text()
