@@ -14,6 +14,7 @@ from collections import Counter
 import pytest
 
 from conftest import CLUSTER_SCRIPT, CLUSTER_STATE, ROOT, TINY, leftover_processes, read_records
+from plumbing import dragon_fixes
 from test_reliability import wait_for_line
 
 INTRO = "7_dragon_ddict.py"
@@ -89,10 +90,10 @@ def test_ddict_workflow_uses_every_node(two, cluster_workdir, launch):
     env = None
     if launch != "dragon":          # the script starts Dragon itself, with $PC_DRAGON_ARGS
         argv = [DDICT, *args]
-    else:                           # as a user types it; dragon_site/ brings the 0.15 fix
+    else:       # as docs/dragon.md has a user type it: the fixes and the repairs on PYTHONPATH
         argv = ["dragon", *two.exports["PC_DRAGON_ARGS"].split(), str(ROOT / DDICT), *args]
-        env = dict(two.env, PC_TEST_RUN=str(cluster_workdir),
-                   PYTHONPATH=f"{ROOT / 'plumbing' / 'dragon_site'}:{ROOT}")
+        env = dict(two.env, PC_TEST_RUN=str(cluster_workdir), PYTHONFAULTHANDLER="1",
+                   PYTHONPATH=dragon_fixes.runtime_pythonpath(fixes=True))
     started = time.monotonic()
     proc = two.run(1, argv, cwd=cluster_workdir, timeout=600, env=env)
     wall_s = time.monotonic() - started
